@@ -1,0 +1,133 @@
+//! `txevents.emit`: write an event into the outbox and queue its NOTIFY.
+
+use std::cell::RefCell;
+
+use cachetx_shared::{notify::encode_for_envelope, Envelope, Timestamp, FORMAT_VERSION};
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{JsonB, PgBuiltInOids, PgOid};
+
+use crate::error::{TxEventsError, TxResult};
+use crate::guc::{self, NotifyMode};
+use crate::{notify, validate};
+
+const INSERT: &str = "INSERT INTO txevents.outbox \
+     (event_type, aggregate_type, aggregate_id, payload, headers, occurred_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+
+thread_local! {
+    // Planned once per backend: emit sits on the hot path of every transaction
+    // that uses it, and re-planning the INSERT would cost more than running it.
+    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+/// Emits one event in the current transaction and returns its id.
+#[pg_extern(name = "emit", security_definer)]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+fn txevents_emit(
+    event_type: Option<&str>,
+    payload: default!(Option<JsonB>, "'{}'"),
+    aggregate_type: default!(Option<&str>, "NULL"),
+    aggregate_id: default!(Option<&str>, "NULL"),
+    headers: default!(Option<JsonB>, "'{}'"),
+) -> i64 {
+    let event = NewEvent {
+        event_type,
+        payload: payload.map(|j| j.0),
+        aggregate_type,
+        aggregate_id,
+        headers: headers.map(|j| j.0),
+    };
+    emit(event).unwrap_or_else(|e| e.raise())
+}
+
+/// The arguments of one emit, as SQL passed them.
+pub struct NewEvent<'a> {
+    /// `<aggregate>.<what happened>`, e.g. `candidate.created`.
+    pub event_type: Option<&'a str>,
+    /// The event body; a JSON object.
+    pub payload: Option<serde_json::Value>,
+    /// Kind of the entity the event is about.
+    pub aggregate_type: Option<&'a str>,
+    /// Id of that entity.
+    pub aggregate_id: Option<&'a str>,
+    /// Metadata (trace ids, actor); a JSON object.
+    pub headers: Option<serde_json::Value>,
+}
+
+/// Validates, inserts and queues the NOTIFY of one event.
+pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
+    let event_type = validate::event_type(event.event_type)?;
+    let payload = validate::object("payload", event.payload)?;
+    let headers = validate::object("headers", event.headers)?;
+    let notify_mode = guc::NOTIFY.get();
+    let channel = match notify_mode {
+        NotifyMode::Commit => Some(guc::channel()?),
+        NotifyMode::Off => None,
+    };
+
+    // SAFETY: plain function returning the statement's timestamp source.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let id = insert(
+        event_type,
+        event.aggregate_type,
+        event.aggregate_id,
+        &payload,
+        &headers,
+        now,
+    )?;
+    if let Some(channel) = channel {
+        // SAFETY: the INSERT above assigned the transaction id.
+        let txid = unsafe { pg_sys::GetTopFullTransactionId() }.value;
+        let envelope = Envelope {
+            v: FORMAT_VERSION,
+            id,
+            event_type: event_type.to_string(),
+            aggregate_type: event.aggregate_type.map(str::to_string),
+            aggregate_id: event.aggregate_id.map(str::to_string),
+            payload,
+            headers,
+            occurred_at: Timestamp::from_postgres_micros(now),
+            txid: Some(txid),
+        };
+        notify::queue(&channel, &encode_for_envelope(&envelope))?;
+    }
+    Ok(id)
+}
+
+fn insert(
+    event_type: &str,
+    aggregate_type: Option<&str>,
+    aggregate_id: Option<&str>,
+    payload: &serde_json::Map<String, serde_json::Value>,
+    headers: &serde_json::Map<String, serde_json::Value>,
+    occurred_at: i64,
+) -> TxResult<i64> {
+    let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+    let jsonb = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
+    let tstz = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+    Spi::connect_mut(|client| {
+        INSERT_PLAN.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            if cached.is_none() {
+                let plan = client.prepare_mut(INSERT, &[text, text, text, jsonb, jsonb, tstz])?;
+                *cached = Some(plan.keep());
+            }
+            let Some(plan) = cached.as_ref() else {
+                return Err(TxEventsError::Internal("insert plan missing".into()));
+            };
+            // SAFETY: an i64 datum is a timestamptz (microseconds since 2000).
+            let occurred_at = unsafe { pgrx::datum::DatumWithOid::new(occurred_at, tstz.value()) };
+            let args = [
+                event_type.into(),
+                aggregate_type.into(),
+                aggregate_id.into(),
+                JsonB(serde_json::Value::Object(payload.clone())).into(),
+                JsonB(serde_json::Value::Object(headers.clone())).into(),
+                occurred_at,
+            ];
+            let id: Option<i64> = client.update(plan, Some(1), &args)?.first().get_one()?;
+            id.ok_or_else(|| TxEventsError::Internal("INSERT returned no id".into()))
+        })
+    })
+}

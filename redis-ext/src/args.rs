@@ -1,0 +1,148 @@
+//! Parsing of command arguments that are not plain strings: ttl and options.
+
+use crate::error::{CacheError, CacheResult};
+
+/// Largest value an entry may hold (Redis's default `proto-max-bulk-len`).
+pub const MAX_VALUE_LEN: usize = 512 * 1024 * 1024;
+
+/// Largest ttl accepted: far enough for any cache, small enough that
+/// `now + ttl` in milliseconds never overflows.
+pub const MAX_TTL_SECONDS: i64 = 100 * 365 * 24 * 3600;
+
+/// Parses a ttl: whole seconds, > 0, no sign, no spaces, no fraction.
+pub fn parse_ttl(raw: &[u8]) -> CacheResult<i64> {
+    if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {
+        return Err(if raw.len() > 19 && raw.iter().all(u8::is_ascii_digit) {
+            CacheError::TtlTooLarge
+        } else {
+            CacheError::BadTtl
+        });
+    }
+    let mut value: i64 = 0;
+    for &digit in raw {
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(i64::from(digit - b'0')))
+            .ok_or(CacheError::TtlTooLarge)?;
+    }
+    match value {
+        0 => Err(CacheError::BadTtl),
+        v if v > MAX_TTL_SECONDS => Err(CacheError::TtlTooLarge),
+        v => Ok(v),
+    }
+}
+
+/// The existence condition of `NSCACHE.SET`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SetCondition {
+    /// Write unconditionally.
+    #[default]
+    Always,
+    /// Write only when no live entry exists.
+    IfAbsent,
+    /// Write only when a live entry exists.
+    IfPresent,
+}
+
+/// Options of `NSCACHE.SET` after `value`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    /// NX / XX.
+    pub condition: SetCondition,
+}
+
+/// Parses the options of `NSCACHE.SET` (case-insensitive), refusing unknown and
+/// conflicting ones.
+pub fn parse_set_options<'a>(mut rest: impl Iterator<Item = &'a [u8]>) -> CacheResult<SetOptions> {
+    let mut options = SetOptions::default();
+    while let Some(word) = rest.next() {
+        let condition = if word.eq_ignore_ascii_case(b"NX") {
+            SetCondition::IfAbsent
+        } else if word.eq_ignore_ascii_case(b"XX") {
+            SetCondition::IfPresent
+        } else {
+            return Err(CacheError::UnknownOption(printable(word)));
+        };
+        if options.condition != SetCondition::Always && options.condition != condition {
+            return Err(CacheError::ConflictingOptions("NX", "XX"));
+        }
+        options.condition = condition;
+    }
+    Ok(options)
+}
+
+/// Renders client bytes for an error message: at most 32 chars, no control bytes
+/// (an error reply cannot carry CR, LF or NUL).
+pub fn printable(raw: &[u8]) -> String {
+    let mut out: String = String::from_utf8_lossy(raw)
+        .chars()
+        .take(32)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if raw.len() > 32 {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_accepts_positive_whole_seconds() {
+        assert_eq!(parse_ttl(b"1"), Ok(1));
+        assert_eq!(parse_ttl(b"3600"), Ok(3600));
+        assert_eq!(parse_ttl(b"007"), Ok(7));
+    }
+
+    #[test]
+    fn ttl_refuses_everything_else() {
+        for bad in [
+            &b"0"[..],
+            b"-1",
+            b"+1",
+            b"1.5",
+            b"abc",
+            b"",
+            b" 1",
+            b"1 ",
+            b"1e3",
+        ] {
+            assert_eq!(parse_ttl(bad), Err(CacheError::BadTtl), "{bad:?}");
+        }
+        for huge in [
+            &b"99999999999999999999999"[..],
+            b"9223372036854775807",
+            b"3153600001",
+        ] {
+            assert_eq!(parse_ttl(huge), Err(CacheError::TtlTooLarge), "{huge:?}");
+        }
+    }
+
+    #[test]
+    fn set_options_parse_nx_xx_case_insensitively() {
+        let parse = |words: &[&[u8]]| parse_set_options(words.iter().copied());
+        assert_eq!(parse(&[]).map(|o| o.condition), Ok(SetCondition::Always));
+        assert_eq!(
+            parse(&[b"nx"]).map(|o| o.condition),
+            Ok(SetCondition::IfAbsent)
+        );
+        assert_eq!(
+            parse(&[b"XX"]).map(|o| o.condition),
+            Ok(SetCondition::IfPresent)
+        );
+        assert_eq!(
+            parse(&[b"NX", b"nx"]).map(|o| o.condition),
+            Ok(SetCondition::IfAbsent)
+        );
+        assert_eq!(
+            parse(&[b"NX", b"XX"]),
+            Err(CacheError::ConflictingOptions("NX", "XX"))
+        );
+        assert_eq!(
+            parse(&[b"PX\r\n"]),
+            Err(CacheError::UnknownOption("PX??".to_string()))
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! The module's error type; every variant becomes an error reply naming the problem.
+
+use cachetx_shared::PrefixError;
+
+/// Everything a command can refuse. Messages start with a Redis error code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CacheError {
+    /// The caller passed the wrong number of arguments.
+    #[error("ERR wrong number of arguments for '{0}' command")]
+    WrongArity(&'static str),
+    /// The namespace name is not 1-64 chars of `[A-Za-z0-9_.-]`.
+    #[error("ERR invalid prefix: {0}")]
+    BadPrefix(#[from] PrefixError),
+    /// `ttl` is not a whole number of seconds greater than zero.
+    #[error("ERR invalid ttl: must be a whole number of seconds > 0")]
+    BadTtl,
+    /// `ttl` is so large that the absolute expiry would overflow.
+    #[error("ERR invalid ttl: too large")]
+    TtlTooLarge,
+    /// An option the command does not know.
+    #[error("ERR unknown option '{0}'")]
+    UnknownOption(String),
+    /// Two options that exclude each other.
+    #[error("ERR {0} and {1} options at the same time are not compatible")]
+    ConflictingOptions(&'static str, &'static str),
+    /// A value over the size limit.
+    #[error("ERR value too large: {0} bytes, the limit is {1} bytes")]
+    ValueTooLarge(usize, usize),
+    /// The empty key has no slot a stored name could keep.
+    #[error("ERR invalid key: the empty key cannot be cached")]
+    EmptyKey,
+    /// A key with `}` but no valid hash tag would change slot when wrapped.
+    #[error("ERR invalid key: a key containing '}}' must carry a valid hash tag ({{...}}), otherwise its stored name 'prefix:{{key}}' would hash to another cluster slot")]
+    UnroutableKey,
+    /// The stored name holds a key that is not a cache entry.
+    #[error("WRONGTYPE Operation against a key holding the wrong kind of value")]
+    WrongType,
+    /// The namespace cap (module config) is reached.
+    #[error(
+        "ERR too many namespaces: the limit of {0} is reached (CONFIG SET nscache.max-namespaces)"
+    )]
+    TooManyNamespaces(usize),
+    /// Redis refused an operation the module asked for.
+    #[error("ERR internal error: {0}")]
+    Internal(&'static str),
+}
+
+// `redis_module` converts any `std::error::Error` into an error reply carrying its
+// `Display` text, so the messages above are the replies. They must not contain
+// CR, LF or NUL: only `UnknownOption` echoes client bytes, sanitised by `printable`.
+
+/// Result of the module's logic.
+pub type CacheResult<T> = Result<T, CacheError>;

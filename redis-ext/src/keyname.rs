@@ -1,0 +1,192 @@
+//! Mapping of `(prefix, key)` to the Redis key that stores the entry (SPEC 2.2).
+//!
+//! The stored name must hash to the same cluster slot as `key` alone, so cluster
+//! clients that route on the declared `key` argument reach the node that owns the
+//! entry. A key without a hash tag is wrapped as `prefix:{key}`, which makes the
+//! whole key the tag; a key that already has a valid tag keeps it as `prefix:key`.
+
+use crate::error::CacheError;
+
+/// How the stored name was derived from the user's key; kept in the entry so two
+/// user keys that map to the same stored name (`a` and `{a}`) never read each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyForm {
+    /// `prefix:{key}`: the key had no hash tag.
+    Wrapped,
+    /// `prefix:key`: the key carries its own hash tag.
+    Tagged,
+}
+
+/// Returns the hash tag of `key` as Redis Cluster defines it, if there is one.
+pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|&b| b == b'{')?;
+    let rest = &key[open + 1..];
+    let close = rest.iter().position(|&b| b == b'}')?;
+    if close == 0 {
+        None
+    } else {
+        Some(&rest[..close])
+    }
+}
+
+/// Decides how `key` is stored, refusing keys whose slot a wrapper cannot keep.
+pub fn key_form(key: &[u8]) -> Result<KeyForm, CacheError> {
+    if hash_tag(key).is_some() {
+        Ok(KeyForm::Tagged)
+    } else if key.is_empty() {
+        // `prefix:{}` has an empty tag, so it would hash as a whole and leave
+        // the slot of the empty key.
+        Err(CacheError::EmptyKey)
+    } else if key.contains(&b'}') {
+        // Inside `{key}` the first `}` of the key would end the tag early.
+        Err(CacheError::UnroutableKey)
+    } else {
+        Ok(KeyForm::Wrapped)
+    }
+}
+
+/// Writes the stored name of `key` in namespace `prefix` into `out` (cleared first).
+pub fn stored_name_into(prefix: &str, key: &[u8], form: KeyForm, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(prefix.len() + key.len() + 3);
+    out.extend_from_slice(prefix.as_bytes());
+    out.push(b':');
+    match form {
+        KeyForm::Wrapped => {
+            out.push(b'{');
+            out.extend_from_slice(key);
+            out.push(b'}');
+        }
+        KeyForm::Tagged => out.extend_from_slice(key),
+    }
+}
+
+/// Returns the stored name of `key` in namespace `prefix`.
+pub fn stored_name(prefix: &str, key: &[u8], form: KeyForm) -> Vec<u8> {
+    let mut out = Vec::new();
+    stored_name_into(prefix, key, form, &mut out);
+    out
+}
+
+/// Recovers the user's key from a stored name, given the namespace and the form
+/// recorded in the entry (used when rewriting the AOF).
+pub fn user_key<'a>(prefix: &str, stored: &'a [u8], form: KeyForm) -> Option<&'a [u8]> {
+    let rest = stored.strip_prefix(prefix.as_bytes())?.strip_prefix(b":")?;
+    match form {
+        KeyForm::Tagged => Some(rest),
+        KeyForm::Wrapped => rest.strip_prefix(b"{")?.strip_suffix(b"}"),
+    }
+}
+
+/// Returns the namespace part of a stored name (`prefix` of `prefix:...`).
+pub fn prefix_of(stored: &[u8]) -> Option<&[u8]> {
+    let colon = stored.iter().position(|&b| b == b':')?;
+    Some(&stored[..colon])
+}
+
+/// CRC16-CCITT (XMODEM), the checksum Redis Cluster uses for key slots.
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The Redis Cluster slot of `key` (0..16384).
+pub fn key_slot(key: &[u8]) -> u16 {
+    crc16(hash_tag(key).unwrap_or(key)) & 0x3FFF
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(prefix: &str, key: &[u8]) -> Result<Vec<u8>, CacheError> {
+        key_form(key).map(|form| stored_name(prefix, key, form))
+    }
+
+    #[test]
+    fn crc16_matches_the_cluster_spec_vector() {
+        // Reference value from the Redis Cluster specification.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+    }
+
+    #[test]
+    fn hash_tag_follows_first_open_and_first_close() {
+        assert_eq!(hash_tag(b"{a}"), Some(&b"a"[..]));
+        assert_eq!(hash_tag(b"x{a}{b}"), Some(&b"a"[..]));
+        assert_eq!(hash_tag(b"{}a"), None);
+        assert_eq!(hash_tag(b"a{b"), None);
+        assert_eq!(hash_tag(b"}{a}"), Some(&b"a"[..]));
+        assert_eq!(hash_tag(b"{{a}"), Some(&b"{a"[..]));
+    }
+
+    #[test]
+    fn plain_keys_are_wrapped() {
+        assert_eq!(store("p", b"42").unwrap(), b"p:{42}");
+        assert_eq!(store("p", b"a{b").unwrap(), b"p:{a{b}");
+        assert_eq!(store("p", b"\0\r\n").unwrap(), b"p:{\0\r\n}");
+    }
+
+    #[test]
+    fn tagged_keys_keep_their_tag() {
+        assert_eq!(store("p", b"user:{7}:x").unwrap(), b"p:user:{7}:x");
+        assert_eq!(store("p", b"{7}").unwrap(), b"p:{7}");
+    }
+
+    #[test]
+    fn keys_that_cannot_keep_their_slot_are_refused() {
+        assert_eq!(store("p", b"a}b"), Err(CacheError::UnroutableKey));
+        assert_eq!(store("p", b"{}x}"), Err(CacheError::UnroutableKey));
+        // Only the first `{` opens a tag: these have none, yet hold a `}`.
+        assert_eq!(store("p", b"{}a{b}"), Err(CacheError::UnroutableKey));
+        assert_eq!(store("p", b"x{}"), Err(CacheError::UnroutableKey));
+        assert_eq!(store("p", b""), Err(CacheError::EmptyKey));
+    }
+
+    #[test]
+    fn every_accepted_key_keeps_its_slot() {
+        let samples: [&[u8]; 10] = [
+            b"1",
+            b"candidate:42",
+            b"{tag}rest",
+            b"a{b",
+            b"{{x}",
+            b"}{y}",
+            b"\xff\x00\x01",
+            b"{",
+            b"a{b{c",
+            b"user:{7}:x",
+        ];
+        for key in samples {
+            let stored = store("ns.v-1_x", key).unwrap();
+            assert_eq!(key_slot(&stored), key_slot(key), "key {key:?}");
+        }
+    }
+
+    #[test]
+    fn user_key_inverts_stored_name() {
+        for key in [&b"42"[..], b"{7}", b"user:{7}:x", b"a{b"] {
+            let form = key_form(key).unwrap();
+            let stored = stored_name("p", key, form);
+            assert_eq!(user_key("p", &stored, form), Some(key));
+        }
+        assert_eq!(user_key("q", b"p:{1}", KeyForm::Wrapped), None);
+    }
+
+    #[test]
+    fn prefix_of_stops_at_first_colon() {
+        assert_eq!(prefix_of(b"p:{a:b}"), Some(&b"p"[..]));
+        assert_eq!(prefix_of(b"nocolon"), None);
+    }
+}

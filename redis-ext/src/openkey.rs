@@ -1,0 +1,105 @@
+//! An open Redis key seen as a cache slot: the raw module key API behind a guard.
+//!
+//! The crate's safe key wrappers hide the raw pointer that type checks and
+//! `ModuleTypeSetValue` need, so this thin guard owns it instead.
+
+use redis_module::{raw, Context, RedisString};
+
+use crate::datatype::raw_type;
+use crate::entry::{Entry, EntryRef};
+use crate::error::{CacheError, CacheResult};
+
+/// An open key, closed on drop.
+pub struct OpenKey {
+    raw: *mut raw::RedisModuleKey,
+}
+
+/// What an open key holds.
+pub enum Content<'a> {
+    /// No key.
+    Empty,
+    /// A cache entry.
+    Entry(EntryRef<'a>),
+}
+
+impl OpenKey {
+    /// Opens `name` for reading.
+    pub fn read(ctx: &Context, name: &RedisString) -> OpenKey {
+        OpenKey {
+            raw: raw::open_key(ctx.ctx, name.inner, raw::KeyMode::READ),
+        }
+    }
+
+    /// Opens `name` for reading and writing.
+    pub fn write(ctx: &Context, name: &RedisString) -> OpenKey {
+        OpenKey {
+            raw: raw::open_key(
+                ctx.ctx,
+                name.inner,
+                raw::KeyMode::READ | raw::KeyMode::WRITE,
+            ),
+        }
+    }
+
+    /// The key's content; `WRONGTYPE` when it holds anything but an entry.
+    pub fn content(&self) -> CacheResult<Content<'_>> {
+        if self.raw.is_null() {
+            return Ok(Content::Empty);
+        }
+        // SAFETY: `raw` is an open key of the running command.
+        let key_type = unsafe { call(raw::RedisModule_KeyType)?(self.raw) };
+        if key_type == raw::REDISMODULE_KEYTYPE_EMPTY as i32 {
+            return Ok(Content::Empty);
+        }
+        if key_type != raw::REDISMODULE_KEYTYPE_MODULE as i32
+            || unsafe { call(raw::RedisModule_ModuleTypeGetType)?(self.raw) } != raw_type()
+        {
+            return Err(CacheError::WrongType);
+        }
+        // SAFETY: a key of our type holds a pointer made by Entry::into_raw.
+        let value = unsafe { call(raw::RedisModule_ModuleTypeGetValue)?(self.raw) };
+        unsafe { EntryRef::from_raw(value) }
+            .map(Content::Entry)
+            .ok_or(CacheError::Internal("cache entry without a value"))
+    }
+
+    /// Stores `entry` (replacing whatever was there) and sets its absolute expiry.
+    pub fn store(&self, entry: Entry, expire_at_ms: i64) -> CacheResult<()> {
+        // SAFETY: key open for writing; ownership of the entry passes to Redis,
+        // which frees it through the type's free callback.
+        let status = unsafe {
+            call(raw::RedisModule_ModuleTypeSetValue)?(self.raw, raw_type(), entry.into_raw())
+        };
+        if status != raw::Status::Ok as i32 {
+            return Err(CacheError::Internal("could not store the entry"));
+        }
+        // SAFETY: the key now holds a value.
+        let status = unsafe { call(raw::RedisModule_SetAbsExpire)?(self.raw, expire_at_ms) };
+        if status != raw::Status::Ok as i32 {
+            return Err(CacheError::Internal("could not set the expiry"));
+        }
+        Ok(())
+    }
+
+    /// Deletes the key.
+    pub fn delete(&self) -> CacheResult<()> {
+        // SAFETY: key open for writing.
+        let status = unsafe { call(raw::RedisModule_DeleteKey)?(self.raw) };
+        if status != raw::Status::Ok as i32 {
+            return Err(CacheError::Internal("could not delete the key"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OpenKey {
+    fn drop(&mut self) {
+        if !self.raw.is_null() {
+            raw::close_key(self.raw);
+        }
+    }
+}
+
+fn call<F>(f: Option<F>) -> CacheResult<F> {
+    f.ok_or(CacheError::Internal("Redis module API function missing"))
+}
