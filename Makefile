@@ -13,12 +13,12 @@ PGRX_SUDO := $(if $(filter 0,$(shell id -u)),,--sudo)
 
 export NSCACHE_MODULE
 
-.PHONY: help deps build build/redis build/pg test test/unit test/redis test/pg lint demo bench bench-redis bench-pg clean
+.PHONY: help deps build build/redis build/pg test test/unit test/integration test/redis test/pg lint demo clean
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-deps: ## Install Debian packages and cargo-pgrx $(PGRX_VERSION) when missing (idempotent)
+deps: ## Install the Debian packages and the pinned cargo-pgrx when missing (idempotent)
 	@if ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
 	    echo "==> installing Debian packages: $(DEB_PACKAGES)"; \
 	    $(SUDO) apt-get update -qq && \
@@ -40,21 +40,23 @@ build/redis:
 build/pg:
 	cargo pgrx install --release -p txevents --pg-config $(PG_CONFIG) $(PGRX_SUDO)
 
-test: build test/unit test/redis test/pg ## deps + build + unit tests + integration tests against real servers
+test: build lint test/unit test/integration ## deps + build + lint + unit tests + integration tests against real servers
 
-test/unit: ## Unit tests of the pure-logic code (shared crate and extension logic)
-	cargo test -p cachetx-shared -p nscache
+test/unit: ## Unit tests of the pure logic (shared crate, module and extension logic)
+	cargo test -p cachetx-shared -p nscache -p txevents
 
-test/redis: ## Integration tests against a real redis-server with the module
+test/integration: ## All integration tests against real servers
+	cargo test -p cachetx-tests
+
+test/redis: ## Integration tests against a real redis-server with the module only
 	cargo test -p cachetx-tests --test 'redis_*'
 
-test/pg: ## Integration tests against a private Postgres cluster with the extension
+test/pg: ## Integration tests against a private Postgres cluster with the extension only
 	cargo test -p cachetx-tests --test 'pg_*'
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
-	cargo clippy -p cachetx-shared -p nscache -p cachetx-tests --all-targets -- -D warnings
-	cargo clippy -p txevents --all-targets -- -D warnings
+	cargo clippy -p cachetx-shared -p nscache -p cachetx-tests -p txevents --all-targets -- -D warnings
 
 demo: build ## Start private servers (or use REDIS_*/DATABASE_URL), run the scenario, stop them
 	scripts/demo.sh

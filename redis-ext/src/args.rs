@@ -53,9 +53,9 @@ pub struct SetOptions {
 
 /// Parses the options of `NSCACHE.SET` (case-insensitive), refusing unknown and
 /// conflicting ones.
-pub fn parse_set_options<'a>(mut rest: impl Iterator<Item = &'a [u8]>) -> CacheResult<SetOptions> {
+pub fn parse_set_options<'a>(rest: impl Iterator<Item = &'a [u8]>) -> CacheResult<SetOptions> {
     let mut options = SetOptions::default();
-    while let Some(word) = rest.next() {
+    for word in rest {
         let condition = if word.eq_ignore_ascii_case(b"NX") {
             SetCondition::IfAbsent
         } else if word.eq_ignore_ascii_case(b"XX") {

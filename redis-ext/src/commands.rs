@@ -42,7 +42,8 @@ struct Target<'a> {
 fn target<'a>(ctx: &Context, prefix: &str, key: &'a RedisString) -> CacheResult<Target<'a>> {
     let key = key.as_slice();
     let form = key_form(key)?;
-    let stored = ctx.create_string(stored_name(prefix, key, form));
+    // Keys are binary: `create_string` goes through a C string and stops at NUL.
+    let stored = RedisString::create_from_slice(ctx.ctx, &stored_name(prefix, key, form));
     Ok(Target { key, form, stored })
 }
 

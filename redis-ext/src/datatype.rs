@@ -212,5 +212,5 @@ unsafe extern "C" fn copy(
 }
 
 fn log_warning(message: &str) {
-    redis_module::logging::log_warning(message);
+    crate::log::warning(message);
 }

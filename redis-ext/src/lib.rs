@@ -9,6 +9,7 @@ pub mod datatype;
 pub mod entry;
 pub mod error;
 pub mod keyname;
+pub mod log;
 pub mod namespace;
 pub mod openkey;
 
@@ -23,7 +24,7 @@ mod module {
         // The default hook prints to stderr and may capture a backtrace (which
         // allocates through Redis's allocator); the Redis log is where operators look.
         std::panic::set_hook(Box::new(|info| {
-            redis_module::logging::log_warning(format!("nscache: panic caught: {info}"));
+            crate::log::warning(&format!("nscache: panic caught: {info}"));
         }));
         Status::Ok
     }

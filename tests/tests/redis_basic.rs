@@ -1,0 +1,481 @@
+//! nscache against a real redis-server: storage, expiry, slots, stats, bad input.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cachetx_tests::{wait_until, RedisCluster, RedisServer};
+use redis::{Connection, RedisResult, Value};
+
+fn stats(conn: &mut Connection, prefix: &str) -> HashMap<String, Value> {
+    let flat: Vec<Value> = redis::cmd("NSCACHE.STATS")
+        .arg(prefix)
+        .query(conn)
+        .expect("NSCACHE.STATS");
+    flat.chunks(2)
+        .map(|pair| match &pair[0] {
+            Value::BulkString(name) => {
+                (String::from_utf8_lossy(name).into_owned(), pair[1].clone())
+            }
+            other => panic!("field name is not a bulk string: {other:?}"),
+        })
+        .collect()
+}
+
+fn stat(conn: &mut Connection, prefix: &str, field: &str) -> i64 {
+    match stats(conn, prefix).get(field) {
+        Some(Value::Int(v)) => *v,
+        other => panic!("{field} is not an integer: {other:?}"),
+    }
+}
+
+fn set(
+    conn: &mut Connection,
+    prefix: &str,
+    key: &[u8],
+    ttl: &str,
+    value: &[u8],
+) -> RedisResult<Value> {
+    redis::cmd("NSCACHE.SET")
+        .arg(prefix)
+        .arg(key)
+        .arg(ttl)
+        .arg(value)
+        .query(conn)
+}
+
+fn get(conn: &mut Connection, prefix: &str, key: &[u8]) -> Option<Vec<u8>> {
+    redis::cmd("NSCACHE.GET")
+        .arg(prefix)
+        .arg(key)
+        .query(conn)
+        .expect("NSCACHE.GET")
+}
+
+fn dbsize(conn: &mut Connection) -> i64 {
+    redis::cmd("DBSIZE").query(conn).expect("DBSIZE")
+}
+
+#[test]
+fn set_then_get_is_binary_safe_and_stats_count_exactly() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let values: [&[u8]; 4] = [b"plain", b"nul\0inside", b"crlf\r\nline\r\n", b""];
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("k{i}");
+        assert_eq!(
+            set(&mut conn, "candidates", key.as_bytes(), "60", value).expect("set"),
+            Value::Okay
+        );
+    }
+    let big = vec![0xABu8; 1 << 20];
+    set(&mut conn, "candidates", b"big\0key\r\n", "60", &big).expect("set big");
+
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("k{i}");
+        assert_eq!(
+            get(&mut conn, "candidates", key.as_bytes()).as_deref(),
+            Some(*value)
+        );
+    }
+    assert_eq!(get(&mut conn, "candidates", b"big\0key\r\n"), Some(big));
+    assert_eq!(get(&mut conn, "candidates", b"missing"), None);
+    assert_eq!(get(&mut conn, "candidates", b"also-missing"), None);
+
+    let s = stats(&mut conn, "candidates");
+    assert_eq!(s["hits"], Value::Int(5));
+    assert_eq!(s["misses"], Value::Int(2));
+    assert_eq!(s["sets"], Value::Int(5));
+    assert_eq!(s["entries"], Value::Int(5));
+    let ratio = match &s["hit_ratio"] {
+        Value::Double(d) => *d,
+        Value::BulkString(b) => String::from_utf8_lossy(b).parse().expect("ratio"),
+        other => panic!("hit_ratio: {other:?}"),
+    };
+    assert!((ratio - 5.0 / 7.0).abs() < 1e-9, "hit_ratio {ratio}");
+    // Other namespaces are untouched.
+    assert_eq!(stat(&mut conn, "other", "hits"), 0);
+    assert_eq!(stat(&mut conn, "other", "entries"), 0);
+}
+
+#[test]
+fn stats_fields_come_in_spec_order_and_as_a_map_in_resp3() {
+    let server = RedisServer::start();
+    let mut conn = server.conn_resp3();
+    set(&mut conn, "p", b"a", "60", b"v").expect("set");
+    let reply: Value = redis::cmd("NSCACHE.STATS")
+        .arg("p")
+        .query(&mut conn)
+        .expect("stats");
+    let Value::Map(fields) = reply else {
+        panic!("RESP3 reply is not a map: {reply:?}")
+    };
+    let names: Vec<String> = fields
+        .iter()
+        .map(|(k, _)| match k {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "hits",
+            "misses",
+            "hit_ratio",
+            "sets",
+            "deletes",
+            "invalidations",
+            "expired",
+            "evicted",
+            "entries",
+            "bytes"
+        ]
+    );
+    assert!(
+        matches!(fields[2].1, Value::Double(_)),
+        "hit_ratio is a RESP3 double"
+    );
+}
+
+#[test]
+fn stored_key_is_an_ordinary_redis_key_with_a_ttl() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    set(&mut conn, "candidates", b"42", "100", b"profile").expect("set");
+    let stored: String = redis::cmd("NSCACHE.KEYNAME")
+        .arg("candidates")
+        .arg("42")
+        .query(&mut conn)
+        .expect("keyname");
+    assert_eq!(stored, "candidates:{42}");
+    let kind: String = redis::cmd("TYPE")
+        .arg(&stored)
+        .query(&mut conn)
+        .expect("TYPE");
+    assert_eq!(kind, "nscache-e");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&stored)
+        .query(&mut conn)
+        .expect("TTL");
+    assert!((99..=100).contains(&ttl), "TTL {ttl}");
+    let usage: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&stored)
+        .query(&mut conn)
+        .expect("MEMORY USAGE");
+    assert!(usage > 7, "MEMORY USAGE {usage}");
+
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&stored)
+        .query(&mut conn)
+        .expect("DEL");
+    assert_eq!(deleted, 1);
+    assert_eq!(get(&mut conn, "candidates", b"42"), None);
+    assert_eq!(
+        stat(&mut conn, "candidates", "entries"),
+        0,
+        "a plain DEL frees the entry"
+    );
+}
+
+#[test]
+fn entries_expire_after_their_ttl() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    set(&mut conn, "session", b"short", "1", b"v").expect("set");
+    set(&mut conn, "session", b"long", "100", b"v").expect("set");
+    assert_eq!(
+        get(&mut conn, "session", b"short").as_deref(),
+        Some(&b"v"[..])
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        get(&mut conn, "session", b"short"),
+        None,
+        "expired entry reads as a miss"
+    );
+    assert_eq!(
+        get(&mut conn, "session", b"long").as_deref(),
+        Some(&b"v"[..])
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "expired entry leaves the entry count",
+        || stat(&mut conn, "session", "entries") == 1,
+    );
+    assert_eq!(dbsize(&mut conn), 1);
+}
+
+#[test]
+fn nscache_del_counts_removed_entries() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    set(&mut conn, "p", b"a", "60", b"1").expect("set");
+    set(&mut conn, "p", b"b", "60", b"2").expect("set");
+    let n: i64 = redis::cmd("NSCACHE.DEL")
+        .arg("p")
+        .arg("a")
+        .arg("b")
+        .arg("c")
+        .query(&mut conn)
+        .expect("del");
+    assert_eq!(n, 2);
+    assert_eq!(dbsize(&mut conn), 0);
+    let s = stats(&mut conn, "p");
+    assert_eq!(
+        (s["deletes"].clone(), s["entries"].clone()),
+        (Value::Int(2), Value::Int(0))
+    );
+}
+
+#[test]
+fn stored_name_keeps_the_cluster_slot_of_the_key() {
+    let cluster = RedisCluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut conn = node.conn();
+    let keys: [&[u8]; 8] = [
+        b"42",
+        b"candidate:1001",
+        b"user:{7}:profile",
+        b"{tagged}",
+        b"a{b",
+        b"}{y}",
+        b"\xff\x00bin",
+        b"{{x}",
+    ];
+    for key in keys {
+        set(&mut conn, "candidates", key, "60", b"v").expect("set on a cluster node");
+        let stored: Vec<u8> = redis::cmd("NSCACHE.KEYNAME")
+            .arg("candidates")
+            .arg(key)
+            .query(&mut conn)
+            .expect("keyname");
+        let slot_of = |conn: &mut Connection, k: &[u8]| -> i64 {
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(k)
+                .query(conn)
+                .expect("KEYSLOT")
+        };
+        let slot = slot_of(&mut conn, key);
+        assert_eq!(
+            slot_of(&mut conn, &stored),
+            slot,
+            "key {key:?} stored as {stored:?}"
+        );
+        let in_slot: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query(&mut conn)
+            .expect("GETKEYSINSLOT");
+        assert!(
+            in_slot.contains(&stored),
+            "entry of {key:?} is in slot {slot}"
+        );
+        let declared: Vec<Vec<u8>> = redis::cmd("COMMAND")
+            .arg("GETKEYS")
+            .arg("NSCACHE.SET")
+            .arg("candidates")
+            .arg(key)
+            .arg("60")
+            .arg("v")
+            .query(&mut conn)
+            .expect("COMMAND GETKEYS");
+        assert_eq!(
+            declared,
+            vec![key.to_vec()],
+            "clients route on the user's key"
+        );
+    }
+    for refused in [&b"a}b"[..], b"x{}", b""] {
+        let err = set(&mut conn, "candidates", refused, "60", b"v").expect_err("must be refused");
+        assert!(
+            err.to_string().contains("invalid key"),
+            "key {refused:?}: {err}"
+        );
+    }
+    assert_eq!(dbsize(&mut conn), keys.len() as i64);
+}
+
+#[test]
+fn bad_input_gets_an_error_and_writes_nothing() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let long_prefix = "p".repeat(65);
+    let cases: Vec<(Vec<&[u8]>, &str)> = vec![
+        (
+            vec![b"NSCACHE.SET", b"p", b"k", b"60"],
+            "wrong number of arguments",
+        ),
+        (vec![b"NSCACHE.SET", b"p"], "wrong number of arguments"),
+        (vec![b"NSCACHE.GET", b"p"], "wrong number of arguments"),
+        (
+            vec![b"NSCACHE.GET", b"p", b"k", b"extra"],
+            "wrong number of arguments",
+        ),
+        (vec![b"NSCACHE.DEL", b"p"], "wrong number of arguments"),
+        (vec![b"NSCACHE.STATS"], "wrong number of arguments"),
+        (vec![b"NSCACHE.SET", b"p", b"k", b"0", b"v"], "invalid ttl"),
+        (vec![b"NSCACHE.SET", b"p", b"k", b"-1", b"v"], "invalid ttl"),
+        (
+            vec![b"NSCACHE.SET", b"p", b"k", b"1.5", b"v"],
+            "invalid ttl",
+        ),
+        (
+            vec![b"NSCACHE.SET", b"p", b"k", b"abc", b"v"],
+            "invalid ttl",
+        ),
+        (
+            vec![b"NSCACHE.SET", b"p", b"k", b"99999999999999999999999", b"v"],
+            "invalid ttl",
+        ),
+        (
+            vec![b"NSCACHE.SET", b"", b"k", b"60", b"v"],
+            "invalid prefix",
+        ),
+        (
+            vec![b"NSCACHE.SET", b"bad prefix", b"k", b"60", b"v"],
+            "invalid prefix",
+        ),
+        (
+            vec![b"NSCACHE.SET", b"p:x", b"k", b"60", b"v"],
+            "invalid prefix",
+        ),
+        (
+            vec![b"NSCACHE.SET", long_prefix.as_bytes(), b"k", b"60", b"v"],
+            "invalid prefix",
+        ),
+        (vec![b"NSCACHE.GET", b"p{", b"k"], "invalid prefix"),
+        (
+            vec![b"NSCACHE.SET", b"p", b"k", b"60", b"v", b"FOO"],
+            "unknown option",
+        ),
+        (
+            vec![b"NSCACHE.SET", b"p", b"k", b"60", b"v", b"NX", b"XX"],
+            "not compatible",
+        ),
+        (
+            vec![b"NSCACHE.SET", b"p", b"a}b", b"60", b"v"],
+            "invalid key",
+        ),
+        (vec![b"NSCACHE.DEL", b"p", b"ok", b"a}b"], "invalid key"),
+    ];
+    for (argv, expected) in &cases {
+        let mut cmd = redis::cmd(std::str::from_utf8(argv[0]).expect("ascii"));
+        for arg in &argv[1..] {
+            cmd.arg(*arg);
+        }
+        let err = cmd
+            .query::<Value>(&mut conn)
+            .expect_err(&format!("{argv:?} must fail"));
+        assert!(err.to_string().contains(expected), "{argv:?}: {err}");
+    }
+    assert_eq!(dbsize(&mut conn), 0, "no bad command wrote a key");
+    assert_eq!(stat(&mut conn, "p", "sets"), 0);
+
+    // A plain key at an entry's stored name is another type: WRONGTYPE, untouched.
+    let _: () = redis::cmd("SET")
+        .arg("p:{plain}")
+        .arg("x")
+        .query(&mut conn)
+        .expect("SET");
+    for argv in [
+        vec!["NSCACHE.GET", "p", "plain"],
+        vec!["NSCACHE.SET", "p", "plain", "60", "v"],
+        vec!["NSCACHE.DEL", "p", "other", "plain"],
+    ] {
+        let err = redis::cmd(argv[0])
+            .arg(&argv[1..])
+            .query::<Value>(&mut conn)
+            .expect_err("WRONGTYPE");
+        assert_eq!(err.code(), Some("WRONGTYPE"), "{argv:?}: {err}");
+    }
+    let still: String = redis::cmd("GET")
+        .arg("p:{plain}")
+        .query(&mut conn)
+        .expect("GET");
+    assert_eq!(still, "x");
+    assert_eq!(dbsize(&mut conn), 1);
+}
+
+#[test]
+fn nx_and_xx_follow_entry_existence() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    assert_eq!(
+        redis::cmd("NSCACHE.SET")
+            .arg(&["p", "k", "60", "v1", "XX"])
+            .query::<Value>(&mut conn)
+            .expect("xx"),
+        Value::Nil
+    );
+    assert_eq!(
+        redis::cmd("NSCACHE.SET")
+            .arg(&["p", "k", "60", "v1", "NX"])
+            .query::<Value>(&mut conn)
+            .expect("nx"),
+        Value::Okay
+    );
+    assert_eq!(
+        redis::cmd("NSCACHE.SET")
+            .arg(&["p", "k", "60", "v2", "nx"])
+            .query::<Value>(&mut conn)
+            .expect("nx"),
+        Value::Nil
+    );
+    assert_eq!(
+        redis::cmd("NSCACHE.SET")
+            .arg(&["p", "k", "60", "v3", "xx"])
+            .query::<Value>(&mut conn)
+            .expect("xx"),
+        Value::Okay
+    );
+    assert_eq!(get(&mut conn, "p", b"k").as_deref(), Some(&b"v3"[..]));
+    assert_eq!(stat(&mut conn, "p", "sets"), 2);
+    assert_eq!(
+        stat(&mut conn, "p", "entries"),
+        1,
+        "overwrite keeps one entry"
+    );
+}
+
+#[test]
+fn keys_that_share_a_stored_name_never_read_each_other() {
+    // `a` is stored as `p:{a}`, and so is `{a}` (which carries its own tag).
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    set(&mut conn, "p", b"a", "60", b"plain").expect("set");
+    assert_eq!(get(&mut conn, "p", b"{a}"), None);
+    set(&mut conn, "p", b"{a}", "60", b"tagged").expect("set");
+    assert_eq!(get(&mut conn, "p", b"a"), None);
+    assert_eq!(get(&mut conn, "p", b"{a}").as_deref(), Some(&b"tagged"[..]));
+}
+
+#[test]
+fn replica_and_restart_keep_absolute_expiry() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes"]);
+    let mut conn = server.conn();
+    set(&mut conn, "p", b"k", "100", b"v").expect("set");
+    let expire_at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("p:{k}")
+        .query(&mut conn)
+        .expect("PEXPIRETIME");
+    let digest: String = redis::cmd("DEBUG")
+        .arg("DIGEST")
+        .query(&mut conn)
+        .expect("digest");
+    server.restart();
+    let mut conn = server.conn();
+    assert_eq!(get(&mut conn, "p", b"k").as_deref(), Some(&b"v"[..]));
+    let after: i64 = redis::cmd("PEXPIRETIME")
+        .arg("p:{k}")
+        .query(&mut conn)
+        .expect("PEXPIRETIME");
+    assert_eq!(after, expire_at, "AOF replay keeps the absolute expiry");
+    let digest_after: String = redis::cmd("DEBUG")
+        .arg("DIGEST")
+        .query(&mut conn)
+        .expect("digest");
+    assert_eq!(digest_after, digest);
+}
