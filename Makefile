@@ -13,7 +13,7 @@ PGRX_SUDO := $(if $(filter 0,$(shell id -u)),,--sudo)
 
 export NSCACHE_MODULE
 
-.PHONY: help deps build build/redis build/pg test test/unit test/integration test/redis test/pg lint demo clean
+.PHONY: help deps build build/redis build/pg test test/unit test/integration test/redis test/pg lint demo bench bench-redis bench-pg clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -60,6 +60,14 @@ lint: ## rustfmt and clippy, warnings are errors
 
 demo: build ## Start private servers (or use REDIS_*/DATABASE_URL), run the scenario, stop them
 	scripts/demo.sh
+
+bench: bench-redis bench-pg ## All benchmarks; results appended to bench/RESULTS.md
+
+bench-redis: build ## redis-benchmark: plain GET/SET vs NSCACHE vs the Lua alternative; INVALIDATE; bytes per entry
+	scripts/bench-redis.sh
+
+bench-pg: build ## pgbench: plain insert vs txevents.emit vs hand-written outbox; poll+ack; notify latency
+	scripts/bench-pg.sh
 
 clean: ## Remove build output
 	cargo clean
