@@ -32,6 +32,16 @@ pub fn parse_ttl(raw: &[u8]) -> CacheResult<i64> {
     }
 }
 
+/// Parses a count argument: a whole number >= 1.
+pub fn parse_count(raw: &[u8]) -> CacheResult<usize> {
+    std::str::from_utf8(raw)
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .ok_or(CacheError::BadCount)
+}
+
 /// The existence condition of `NSCACHE.SET`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SetCondition {

@@ -1,17 +1,23 @@
 //! Command handlers: parse, call the logic, reply. Nothing else lives here.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
 
-use cachetx_shared::{validate_prefix, NamespaceStats};
-use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
+use cachetx_shared::{
+    validate_prefix, CacheInvalidation, Envelope, InvalidationScope, NamespaceStats, StatsReport,
+    Timestamp, FORMAT_VERSION, INVALIDATED_EVENT_TYPE,
+};
+use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 
-use crate::args::{parse_set_options, parse_ttl, SetCondition, MAX_VALUE_LEN};
+use crate::args::{parse_count, parse_set_options, parse_ttl, SetCondition, MAX_VALUE_LEN};
 use crate::datatype::charge_for;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{CacheError, CacheResult};
 use crate::keyname::{key_form, stored_name, KeyForm};
 use crate::namespace::{registry, Namespace};
 use crate::openkey::{Content, OpenKey};
+use crate::{config, sweeper};
 
 /// Runs a handler so that a panic becomes an error reply instead of aborting
 /// redis-server (the macro's `extern "C"` wrapper would abort on unwind).
@@ -47,43 +53,73 @@ fn target<'a>(ctx: &Context, prefix: &str, key: &'a RedisString) -> CacheResult<
     Ok(Target { key, form, stored })
 }
 
+fn targets<'a>(
+    ctx: &Context,
+    prefix: &str,
+    keys: &'a [RedisString],
+) -> CacheResult<Vec<Target<'a>>> {
+    keys.iter().map(|key| target(ctx, prefix, key)).collect()
+}
+
 fn prefix_arg(arg: &RedisString) -> CacheResult<&str> {
     Ok(validate_prefix(arg.as_slice())?)
 }
 
-fn arity(args: &[RedisString], min: usize, name: &'static str) -> CacheResult<()> {
-    if args.len() < min {
+fn arity(
+    args: &[RedisString],
+    min: usize,
+    max: Option<usize>,
+    name: &'static str,
+) -> CacheResult<()> {
+    if args.len() < min || max.is_some_and(|max| args.len() > max) {
         Err(CacheError::WrongArity(name))
     } else {
         Ok(())
     }
 }
 
-/// Whether an open key holds a live entry of `(ns, form)`, and whether it holds
-/// anything at all (a stale entry still occupies the name).
-fn liveness<'a>(
-    key: &'a OpenKey,
-    ns: &Namespace,
-    form: KeyForm,
-) -> CacheResult<(Option<EntryRef<'a>>, bool)> {
+/// What a stored name holds, seen from one key of one namespace.
+enum Slot<'a> {
+    /// Nothing.
+    Empty,
+    /// A live entry of this key.
+    Live(EntryRef<'a>),
+    /// An entry of this namespace from an invalidated generation.
+    Stale,
+    /// Another key's entry under the same name (`a` vs `{a}`), or one moved
+    /// here from another namespace by RENAME.
+    Other,
+}
+
+fn slot<'a>(key: &'a OpenKey, ns: &Namespace, form: KeyForm) -> CacheResult<Slot<'a>> {
     Ok(match key.content()? {
-        Content::Empty => (None, false),
-        Content::Entry(entry) => {
-            let live = std::ptr::eq(entry.namespace(), ns)
-                && entry.form() == form
-                && entry.is_current(ns.generation());
-            (live.then_some(entry), true)
-        }
+        Content::Empty => Slot::Empty,
+        Content::Entry(entry) if !std::ptr::eq(entry.namespace(), ns) => Slot::Other,
+        Content::Entry(entry) if !entry.is_current(ns.generation()) => Slot::Stale,
+        Content::Entry(entry) if entry.form() != form => Slot::Other,
+        Content::Entry(entry) => Slot::Live(entry),
     })
 }
 
 fn namespace(prefix: &str) -> CacheResult<&'static Namespace> {
-    registry().get_or_create(prefix)
+    registry().get_or_create(prefix, config::max_namespaces(), config::topk())
+}
+
+fn elapsed_ns(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Whether this node may change its keyspace on its own (not a replica, not
+/// loading): lazy reclaim must not make a replica diverge from its primary.
+fn may_reclaim(ctx: &Context) -> bool {
+    let flags = ctx.get_flags();
+    !flags.contains(ContextFlags::SLAVE) && !flags.contains(ContextFlags::LOADING)
 }
 
 /// `NSCACHE.SET prefix key ttl value [NX|XX]`
 pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    arity(args, 5, "nscache.set")?;
+    let started = Instant::now();
+    arity(args, 5, None, "nscache.set")?;
     let prefix = prefix_arg(&args[1])?;
     let target = target(ctx, prefix, &args[2])?;
     let ttl = parse_ttl(args[3].as_slice())?;
@@ -95,73 +131,128 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     let ns = namespace(prefix)?;
 
     let key = OpenKey::write(ctx, &target.stored);
-    let live = liveness(&key, ns, target.form)?.0.is_some();
+    let live = matches!(slot(&key, ns, target.form)?, Slot::Live(_));
     let proceed = match options.condition {
         SetCondition::Always => true,
         SetCondition::IfAbsent => !live,
         SetCondition::IfPresent => live,
     };
-    if !proceed {
-        return Ok(RedisValue::Null);
+    if proceed {
+        let entry = Entry::new(
+            ns,
+            ns.generation(),
+            target.form,
+            value,
+            charge_for(target.stored.as_slice().len(), value.len()),
+        );
+        let expire_at = now_ms().saturating_add(ttl * 1000);
+        key.store(entry, expire_at)?;
+        drop(key);
+        // Replicas and the AOF get the write and this node's absolute expiry, so
+        // a replay does not restart the ttl and DEBUG DIGEST stays equal.
+        let expire_at = expire_at.to_string();
+        ctx.replicate(
+            "NSCACHE.SET",
+            &[prefix.as_bytes(), target.key, args[3].as_slice(), value][..],
+        );
+        ctx.replicate(
+            "PEXPIREAT",
+            &[target.stored.as_slice(), expire_at.as_bytes()][..],
+        );
     }
+    let mut stats = ns.stats();
+    if proceed {
+        stats.counters.sets += 1;
+    }
+    stats.write_latency.record(elapsed_ns(started));
+    Ok(if proceed {
+        RedisValue::SimpleStringStatic("OK")
+    } else {
+        RedisValue::Null
+    })
+}
 
-    let entry = Entry::new(
-        ns,
-        ns.generation(),
-        target.form,
-        value,
-        charge_for(target.stored.as_slice().len(), value.len()),
-    );
-    let expire_at = now_ms().saturating_add(ttl * 1000);
-    key.store(entry, expire_at)?;
-    ns.counters().sets += 1;
-
-    // Replicas and the AOF get the write and the absolute expiry of this node,
-    // so a replay does not restart the ttl and DEBUG DIGEST stays equal.
-    let expire_at = expire_at.to_string();
-    ctx.replicate(
-        "NSCACHE.SET",
-        &[prefix.as_bytes(), target.key, args[3].as_slice(), value][..],
-    );
-    ctx.replicate(
-        "PEXPIREAT",
-        &[target.stored.as_slice(), expire_at.as_bytes()][..],
-    );
-    Ok(RedisValue::SimpleStringStatic("OK"))
+/// Replies with a slot's value or nil; returns whether it hit.
+fn reply_found(ctx: &Context, found: &Slot<'_>) -> bool {
+    if let Slot::Live(entry) = found {
+        // Reply straight from the entry: no copy of the value.
+        let value = entry.value();
+        raw::reply_with_string_buffer(ctx.ctx, value.as_ptr().cast(), value.len());
+        true
+    } else {
+        raw::reply_with_null(ctx.ctx);
+        false
+    }
 }
 
 /// `NSCACHE.GET prefix key`
 pub fn get(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    if args.len() != 3 {
-        return Err(CacheError::WrongArity("nscache.get"));
-    }
+    let started = Instant::now();
+    arity(args, 3, Some(3), "nscache.get")?;
     let prefix = prefix_arg(&args[1])?;
     let target = target(ctx, prefix, &args[2])?;
     let ns = namespace(prefix)?;
     let key = OpenKey::read(ctx, &target.stored);
-    match liveness(&key, ns, target.form)?.0 {
-        Some(entry) => {
-            ns.counters().hits += 1;
-            let value = entry.value();
-            // Reply straight from the entry: no copy of the value.
-            raw::reply_with_string_buffer(ctx.ctx, value.as_ptr().cast(), value.len());
-            Ok(RedisValue::NoReply)
-        }
-        None => {
-            ns.counters().misses += 1;
-            Ok(RedisValue::Null)
+    let found = slot(&key, ns, target.form)?;
+    let hit = reply_found(ctx, &found);
+    let stale = matches!(found, Slot::Stale);
+    drop(key);
+    if stale && may_reclaim(ctx) {
+        sweeper::reclaim(ctx, target.stored.as_slice());
+    }
+    let mut stats = ns.stats();
+    stats.read(target.key, hit);
+    stats.read_latency.record(elapsed_ns(started));
+    Ok(RedisValue::NoReply)
+}
+
+/// `NSCACHE.MGET prefix key [key ...]`
+pub fn mget(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+    let started = Instant::now();
+    arity(args, 3, None, "nscache.mget")?;
+    let prefix = prefix_arg(&args[1])?;
+    let targets = targets(ctx, prefix, &args[2..])?;
+    let ns = namespace(prefix)?;
+    // Every key is checked before the first value is replied: a WRONGTYPE on
+    // the third key cannot follow two values already sent.
+    let keys: Vec<OpenKey> = targets
+        .iter()
+        .map(|t| OpenKey::read(ctx, &t.stored))
+        .collect();
+    let mut slots = Vec::with_capacity(keys.len());
+    for (key, t) in keys.iter().zip(&targets) {
+        slots.push(slot(key, ns, t.form)?);
+    }
+    raw::reply_with_array(ctx.ctx, targets.len() as i64);
+    let mut outcomes = Vec::with_capacity(slots.len());
+    let mut stale = Vec::new();
+    for (i, found) in slots.iter().enumerate() {
+        outcomes.push(reply_found(ctx, found));
+        if matches!(found, Slot::Stale) {
+            stale.push(i);
         }
     }
+    drop(slots);
+    drop(keys);
+    if !stale.is_empty() && may_reclaim(ctx) {
+        for i in stale {
+            sweeper::reclaim(ctx, targets[i].stored.as_slice());
+        }
+    }
+    let mut stats = ns.stats();
+    for (t, hit) in targets.iter().zip(outcomes) {
+        stats.read(t.key, hit);
+    }
+    stats.read_latency.record(elapsed_ns(started));
+    Ok(RedisValue::NoReply)
 }
 
 /// `NSCACHE.DEL prefix key [key ...]`
 pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    arity(args, 3, "nscache.del")?;
+    let started = Instant::now();
+    arity(args, 3, None, "nscache.del")?;
     let prefix = prefix_arg(&args[1])?;
-    let targets = args[2..]
-        .iter()
-        .map(|key| target(ctx, prefix, key))
-        .collect::<CacheResult<Vec<_>>>()?;
+    let targets = targets(ctx, prefix, &args[2..])?;
     let ns = namespace(prefix)?;
 
     // Check every key before deleting any, so a WRONGTYPE changes nothing.
@@ -169,49 +260,141 @@ pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         .iter()
         .map(|t| OpenKey::write(ctx, &t.stored))
         .collect();
-    let mut slots = Vec::with_capacity(keys.len());
+    let mut plan = Vec::with_capacity(keys.len());
     for (key, t) in keys.iter().zip(&targets) {
-        let (live, occupied) = liveness(key, ns, t.form)?;
-        slots.push((live.is_some(), occupied));
+        plan.push(match slot(key, ns, t.form)? {
+            Slot::Live(_) => (true, true),
+            Slot::Stale => (false, true),
+            Slot::Empty | Slot::Other => (false, false),
+        });
     }
-    let mut deleted = 0;
+    let mut deleted = 0u64;
     let mut changed = false;
-    for (key, (live, occupied)) in keys.iter().zip(slots) {
-        if occupied {
+    for (key, (live, remove)) in keys.iter().zip(plan) {
+        if remove {
             key.delete()?;
             changed = true;
-        }
-        if live {
-            deleted += 1;
+            deleted += u64::from(live);
         }
     }
+    drop(keys);
     if changed {
-        ns.counters().deletes += deleted;
         ctx.replicate_verbatim();
     }
+    publish_invalidation(
+        ctx,
+        prefix,
+        InvalidationScope::Keys(
+            targets
+                .iter()
+                .map(|t| String::from_utf8_lossy(t.key).into_owned())
+                .collect(),
+        ),
+    );
+    let mut stats = ns.stats();
+    stats.counters.deletes += deleted;
+    stats.write_latency.record(elapsed_ns(started));
     Ok(RedisValue::Integer(deleted as i64))
 }
 
-/// `NSCACHE.STATS prefix`
-pub fn stats(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    if args.len() != 2 {
-        return Err(CacheError::WrongArity("nscache.stats"));
-    }
+/// `NSCACHE.TTL prefix key`
+pub fn ttl(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+    arity(args, 3, Some(3), "nscache.ttl")?;
     let prefix = prefix_arg(&args[1])?;
-    let report = match registry().get(prefix) {
-        Some(ns) => ns.report(),
-        None => Namespace::new(prefix).report(),
+    let target = target(ctx, prefix, &args[2])?;
+    let Some(ns) = registry().get(prefix) else {
+        OpenKey::read(ctx, &target.stored).content()?;
+        return Ok(RedisValue::Integer(-2));
     };
-    reply_stats(ctx, &report);
+    let key = OpenKey::read(ctx, &target.stored);
+    Ok(RedisValue::Integer(match slot(&key, ns, target.form)? {
+        Slot::Live(_) => match key.expire_ms() {
+            Some(ms) => (ms + 500) / 1000,
+            None => -1,
+        },
+        _ => -2,
+    }))
+}
+
+/// `NSCACHE.INVALIDATE prefix`
+pub fn invalidate(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+    let started = Instant::now();
+    arity(args, 2, Some(2), "nscache.invalidate")?;
+    let prefix = prefix_arg(&args[1])?;
+    let ns = namespace(prefix)?;
+    let invalidated = ns.invalidate();
+    sweeper::request();
+    ctx.replicate_verbatim();
+    publish_invalidation(ctx, prefix, InvalidationScope::Namespace);
+    ns.stats().write_latency.record(elapsed_ns(started));
+    Ok(RedisValue::Integer(
+        i64::try_from(invalidated).unwrap_or(i64::MAX),
+    ))
+}
+
+/// `NSCACHE.STATS [prefix] [JSON]`
+pub fn stats(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+    arity(args, 1, Some(3), "nscache.stats")?;
+    let mut rest = &args[1..];
+    let json = rest
+        .last()
+        .is_some_and(|a| a.as_slice().eq_ignore_ascii_case(b"JSON"));
+    if json {
+        rest = &rest[..rest.len() - 1];
+    }
+    match rest {
+        [] => {
+            let reports: Vec<NamespaceStats> =
+                registry().all().iter().map(|ns| ns.report()).collect();
+            if json {
+                return Ok(RedisValue::BulkString(StatsReport::new(reports).to_json()));
+            }
+            raw::reply_with_map(ctx.ctx, reports.len() as i64);
+            for report in &reports {
+                reply_str(ctx, &report.prefix);
+                reply_stats(ctx, report);
+            }
+        }
+        [prefix] => {
+            let prefix = prefix_arg(prefix)?;
+            let report = match registry().get(prefix) {
+                Some(ns) => ns.report(),
+                None => Namespace::new(prefix, 1).report(),
+            };
+            if json {
+                return Ok(RedisValue::BulkString(report.to_json()));
+            }
+            reply_stats(ctx, &report);
+        }
+        [_, other] => {
+            return Err(CacheError::UnknownOption(crate::args::printable(
+                other.as_slice(),
+            )))
+        }
+        _ => return Err(CacheError::WrongArity("nscache.stats")),
+    }
     Ok(RedisValue::NoReply)
+}
+
+fn reply_str(ctx: &Context, s: &str) {
+    raw::reply_with_string_buffer(ctx.ctx, s.as_ptr().cast(), s.len());
+}
+
+fn reply_int(ctx: &Context, v: u64) {
+    raw::reply_with_long_long(ctx.ctx, i64::try_from(v).unwrap_or(i64::MAX));
 }
 
 /// Writes a report as a map (RESP3) or flat field/value array (RESP2), fields in
 /// SPEC 2.5 order; the crate's map values would sort or shuffle them.
 fn reply_stats(ctx: &Context, r: &NamespaceStats) {
-    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let counters = [("hits", r.hits), ("misses", r.misses)];
-    let rest = [
+    raw::reply_with_map(ctx.ctx, 12);
+    for (name, value) in [("hits", r.hits), ("misses", r.misses)] {
+        reply_str(ctx, name);
+        reply_int(ctx, value);
+    }
+    reply_str(ctx, "hit_ratio");
+    raw::reply_with_double(ctx.ctx, r.hit_ratio);
+    for (name, value) in [
         ("sets", r.sets),
         ("deletes", r.deletes),
         ("invalidations", r.invalidations),
@@ -219,45 +402,122 @@ fn reply_stats(ctx: &Context, r: &NamespaceStats) {
         ("evicted", r.evicted),
         ("entries", r.entries),
         ("bytes", r.bytes),
-    ];
-    let field =
-        |name: &str| raw::reply_with_string_buffer(ctx.ctx, name.as_ptr().cast(), name.len());
-    raw::reply_with_map(ctx.ctx, (counters.len() + 1 + rest.len()) as i64);
-    for (name, value) in counters {
-        field(name);
-        raw::reply_with_long_long(ctx.ctx, int(value));
+    ] {
+        reply_str(ctx, name);
+        reply_int(ctx, value);
     }
-    field("hit_ratio");
-    raw::reply_with_double(ctx.ctx, r.hit_ratio);
-    for (name, value) in rest {
-        field(name);
-        raw::reply_with_long_long(ctx.ctx, int(value));
+    for (name, l) in [
+        ("read_latency_us", &r.read_latency_us),
+        ("write_latency_us", &r.write_latency_us),
+    ] {
+        reply_str(ctx, name);
+        raw::reply_with_map(ctx.ctx, 5);
+        for (field, value) in [
+            ("p50", l.p50),
+            ("p90", l.p90),
+            ("p99", l.p99),
+            ("p999", l.p999),
+            ("max", l.max),
+        ] {
+            reply_str(ctx, field);
+            reply_int(ctx, value);
+        }
     }
+}
+
+/// `NSCACHE.TOPKEYS prefix [count]`
+pub fn topkeys(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+    arity(args, 2, Some(3), "nscache.topkeys")?;
+    let prefix = prefix_arg(&args[1])?;
+    let count = match args.get(2) {
+        Some(raw) => parse_count(raw.as_slice())?,
+        None => config::topk(),
+    };
+    let top = registry()
+        .get(prefix)
+        .map(|ns| ns.stats().topk.top(count))
+        .unwrap_or_default();
+    raw::reply_with_array(ctx.ctx, 2 * top.len() as i64);
+    for (key, hits) in &top {
+        raw::reply_with_string_buffer(ctx.ctx, key.as_ptr().cast(), key.len());
+        reply_int(ctx, *hits);
+    }
+    Ok(RedisValue::NoReply)
 }
 
 /// `NSCACHE.RESETSTATS [prefix]`
 pub fn resetstats(_ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    match args.len() {
-        1 => registry().all().iter().for_each(|ns| ns.reset_counters()),
-        2 => {
-            let prefix = prefix_arg(&args[1])?;
+    arity(args, 1, Some(2), "nscache.resetstats")?;
+    match args.get(1) {
+        None => registry().all().iter().for_each(|ns| ns.reset_stats()),
+        Some(prefix) => {
+            let prefix = prefix_arg(prefix)?;
             if let Some(ns) = registry().get(prefix) {
-                ns.reset_counters();
+                ns.reset_stats();
             }
         }
-        _ => return Err(CacheError::WrongArity("nscache.resetstats")),
     }
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
 /// `NSCACHE.KEYNAME prefix key`
 pub fn keyname(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    if args.len() != 3 {
-        return Err(CacheError::WrongArity("nscache.keyname"));
-    }
+    arity(args, 3, Some(3), "nscache.keyname")?;
     let prefix = prefix_arg(&args[1])?;
     let target = target(ctx, prefix, &args[2])?;
     Ok(RedisValue::StringBuffer(target.stored.as_slice().to_vec()))
+}
+
+/// Ids of published envelopes: start from the load time in microseconds so they
+/// keep increasing across restarts of one server.
+static NEXT_EVENT_ID: AtomicI64 = AtomicI64::new(0);
+
+fn next_event_id() -> i64 {
+    let _ = NEXT_EVENT_ID.compare_exchange(
+        0,
+        Timestamp::now().unix_micros().max(1),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    NEXT_EVENT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// PUBLISHes a `cache.invalidated` envelope on `nscache:events` when enabled,
+/// from the node that ran the client's command only (not replicas, not AOF).
+fn publish_invalidation(ctx: &Context, prefix: &str, scope: InvalidationScope) {
+    if !config::publish_invalidations() {
+        return;
+    }
+    let flags = ctx.get_flags();
+    if flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) {
+        return;
+    }
+    let invalidation = CacheInvalidation {
+        prefix: prefix.to_string(),
+        scope,
+    };
+    let serde_json::Value::Object(payload) = invalidation.to_value() else {
+        return;
+    };
+    let envelope = Envelope {
+        v: FORMAT_VERSION,
+        id: next_event_id(),
+        event_type: INVALIDATED_EVENT_TYPE.to_string(),
+        aggregate_type: Some("namespace".to_string()),
+        aggregate_id: Some(prefix.to_string()),
+        payload,
+        headers: serde_json::Map::new(),
+        occurred_at: Timestamp::now(),
+        txid: None,
+    };
+    let channel = RedisString::create_from_slice(ctx.ctx, b"nscache:events");
+    let message = RedisString::create_from_slice(ctx.ctx, envelope.to_json().as_bytes());
+    // SAFETY: both strings live for the call.
+    unsafe {
+        if let Some(publish) = raw::RedisModule_PublishMessage {
+            publish(ctx.ctx, channel.inner, message.inner);
+        }
+    }
 }
 
 fn now_ms() -> i64 {

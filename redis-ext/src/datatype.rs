@@ -2,7 +2,8 @@
 //!
 //! RDB layout of one entry, encoding version 1: prefix (string), generation
 //! (unsigned), form (unsigned: 0 wrapped, 1 tagged), charged bytes (unsigned),
-//! value (string).
+//! value (string). Aux data (before the keys): the number of namespaces with a
+//! non-zero generation, then (prefix, generation) for each.
 
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -13,6 +14,7 @@ use redis_module::raw;
 use crate::entry::{Entry, EntryRef};
 use crate::keyname::KeyForm;
 use crate::namespace::registry;
+use crate::{config, memsize, removal, sweeper};
 
 /// Encoding version written to RDB; [`rdb_load`] refuses any other.
 pub const ENCODING_VERSION: i32 = 1;
@@ -29,10 +31,10 @@ pub static ENTRY_TYPE: RedisType = RedisType::new(
         free: Some(free),
         mem_usage: Some(mem_usage),
         digest: Some(digest),
-        aux_load: None,
-        aux_save: None,
+        aux_load: Some(aux_load),
+        aux_save: Some(aux_save),
         aux_save2: None,
-        aux_save_triggers: 0,
+        aux_save_triggers: raw::REDISMODULE_AUX_BEFORE_RDB as i32,
         free_effort: None,
         unlink: None,
         copy: Some(copy),
@@ -40,7 +42,7 @@ pub static ENTRY_TYPE: RedisType = RedisType::new(
         copy2: None,
         free_effort2: None,
         mem_usage2: None,
-        unlink2: None,
+        unlink2: Some(unlink2),
     },
 );
 
@@ -56,11 +58,19 @@ fn form_code(form: KeyForm) -> u64 {
     }
 }
 
-/// Bytes charged to a namespace for one entry: the stored key, the value and
-/// the fixed per-key cost (entry header, robj, module value, dict entries).
+/// Whether this server runs in cluster mode (its keys carry slot metadata).
+static CLUSTER_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether the server runs in cluster mode; called once at load.
+pub fn set_cluster_mode(cluster: bool) {
+    CLUSTER_MODE.store(cluster, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Bytes charged to a namespace for one entry: what `MEMORY USAGE` will report.
 pub fn charge_for(stored_key_len: usize, value_len: usize) -> u32 {
-    const PER_KEY_OVERHEAD: usize = 24 + 16 + 16 + 24 + 24 + 4;
-    u32::try_from(stored_key_len + value_len + PER_KEY_OVERHEAD).unwrap_or(u32::MAX)
+    let cluster = CLUSTER_MODE.load(std::sync::atomic::Ordering::Relaxed);
+    let usage = memsize::key_usage(stored_key_len, Entry::alloc_len_for(value_len), cluster);
+    u32::try_from(usage).unwrap_or(u32::MAX)
 }
 
 unsafe extern "C" fn free(value: *mut c_void) {
@@ -72,15 +82,9 @@ unsafe extern "C" fn free(value: *mut c_void) {
 
 unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
     // SAFETY: a live value pointer of our type.
+    // Computed, not measured, so it always agrees with what `charge_for` charged.
     match unsafe { EntryRef::from_raw(value) } {
-        Some(entry) => {
-            let alloc = entry.alloc_len();
-            // SAFETY: the module API is initialised before any key exists.
-            let usable = unsafe { raw::RedisModule_MallocSize }
-                .map(|size| unsafe { size(value.cast_mut()) })
-                .unwrap_or(alloc);
-            usable.max(alloc)
-        }
+        Some(entry) => memsize::entry_mem_usage(entry.alloc_len()),
         None => 0,
     }
 }
@@ -126,7 +130,7 @@ fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, String> {
     let charged = u32::try_from(raw::load_unsigned(rdb).map_err(io)?).unwrap_or(u32::MAX);
     let value = raw::load_string_buffer(rdb).map_err(io)?;
     // Loading never refuses a namespace over the cap: the data is already there.
-    let namespace = registry().get_or_create_uncapped(prefix);
+    let namespace = registry().get_or_create_uncapped(prefix, config::topk());
     Ok(Entry::new(
         namespace,
         generation,
@@ -145,6 +149,10 @@ unsafe extern "C" fn aof_rewrite(
     let Some(entry) = (unsafe { EntryRef::from_raw(value) }) else {
         return;
     };
+    // An invalidated entry is logically gone: the rewritten AOF leaves it out.
+    if !entry.is_current(entry.namespace().generation()) {
+        return;
+    }
     let stored = redis_module::RedisString::string_as_slice(key);
     let prefix = entry.namespace().name();
     let Some(user_key) = crate::keyname::user_key(prefix, stored, entry.form()) else {
@@ -183,9 +191,11 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
         return;
     };
     let name = entry.namespace().name();
+    let meta = format!("{}:{}", entry.generation(), form_code(entry.form()));
     // SAFETY: buffers valid for the call.
     unsafe {
         add(md, name.as_ptr().cast_mut().cast(), name.len());
+        add(md, meta.as_ptr().cast_mut().cast(), meta.len());
         add(md, entry.value().as_ptr().cast_mut().cast(), entry.len());
         end(md);
     }
@@ -209,6 +219,73 @@ unsafe extern "C" fn copy(
         charge_for(to_len, entry.len()),
     )
     .into_raw()
+}
+
+unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
+    let generations: Vec<(String, u64)> = registry()
+        .all()
+        .iter()
+        .filter(|ns| ns.generation() > 0)
+        .map(|ns| (ns.name().to_string(), ns.generation()))
+        .collect();
+    raw::save_unsigned(rdb, generations.len() as u64);
+    for (name, generation) in generations {
+        raw::save_string(rdb, &name);
+        raw::save_unsigned(rdb, generation);
+    }
+}
+
+unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int) -> c_int {
+    if encver != ENCODING_VERSION {
+        log_warning(&format!(
+            "nscache: cannot load namespace data of encoding version {encver}: this build reads version {ENCODING_VERSION}"
+        ));
+        return raw::Status::Err as c_int;
+    }
+    match load_generations(rdb) {
+        Ok(()) => {
+            // Entries of older generations may come with the data: sweep them.
+            sweeper::request();
+            raw::Status::Ok as c_int
+        }
+        Err(why) => {
+            log_warning(&format!("nscache: corrupt namespace data in RDB: {why}"));
+            raw::Status::Err as c_int
+        }
+    }
+}
+
+fn load_generations(rdb: *mut raw::RedisModuleIO) -> Result<(), String> {
+    let io = |e: redis_module::error::Error| format!("read error: {e}");
+    let count = raw::load_unsigned(rdb).map_err(io)?;
+    for _ in 0..count {
+        let name = raw::load_string_buffer(rdb).map_err(io)?;
+        let name = cachetx_shared::validate_prefix(name.as_ref()).map_err(|e| e.to_string())?;
+        let generation = raw::load_unsigned(rdb).map_err(io)?;
+        let ns = registry().get_or_create_uncapped(name, config::topk());
+        ns.restore_generation(generation);
+        // Aux data loads before the keys; entries already in memory (a
+        // replica's before full sync is emptied first) are none.
+        ns.set_live(0);
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, value: *const c_void) {
+    // Called on the main thread as the key leaves the keyspace, before any
+    // expired/evicted notification: remember whose entry it was.
+    // SAFETY: a live value pointer of our type; ctx valid for the call.
+    let Some(entry) = (unsafe { EntryRef::from_raw(value) }) else {
+        return;
+    };
+    let Some(name) = (unsafe { raw::RedisModule_GetKeyNameFromOptCtx }).map(|f| unsafe { f(ctx) })
+    else {
+        return;
+    };
+    removal::entry_unlinked(
+        entry.namespace(),
+        redis_module::RedisString::string_as_slice(name),
+    );
 }
 
 fn log_warning(message: &str) {

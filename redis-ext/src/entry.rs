@@ -67,8 +67,13 @@ impl Entry {
             });
             std::ptr::copy_nonoverlapping(value.as_ptr(), raw.add(HEADER), value.len());
         }
-        namespace.entry_created(charged);
+        namespace.entry_created(generation, charged);
         Entry(ptr)
+    }
+
+    /// Bytes of the allocation of an entry holding `value_len` bytes.
+    pub fn alloc_len_for(value_len: usize) -> usize {
+        HEADER + value_len
     }
 
     /// Hands the allocation to Redis as a module value pointer.
@@ -98,11 +103,12 @@ impl Entry {
 impl Drop for Entry {
     fn drop(&mut self) {
         let view = self.view();
-        let (namespace, charged, layout) =
-            (view.namespace(), view.charged(), layout_for(view.len()));
+        let (namespace, generation, charged) =
+            (view.namespace(), view.generation(), view.charged());
+        let layout = layout_for(view.len());
         // SAFETY: the pointer was allocated in `new` with this layout.
         unsafe { dealloc(self.0.as_ptr().cast(), layout) };
-        namespace.entry_freed(charged);
+        namespace.entry_freed(generation, charged);
     }
 }
 
@@ -196,7 +202,7 @@ mod tests {
     use super::*;
 
     fn namespace() -> &'static Namespace {
-        Box::leak(Box::new(Namespace::new("test")))
+        Box::leak(Box::new(Namespace::new("test", 4)))
     }
 
     #[test]

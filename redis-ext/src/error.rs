@@ -17,6 +17,9 @@ pub enum CacheError {
     /// `ttl` is so large that the absolute expiry would overflow.
     #[error("ERR invalid ttl: too large")]
     TtlTooLarge,
+    /// A count that is not a whole number >= 1.
+    #[error("ERR invalid count: must be a whole number >= 1")]
+    BadCount,
     /// An option the command does not know.
     #[error("ERR unknown option '{0}'")]
     UnknownOption(String),

@@ -1,51 +1,121 @@
 //! nscache: a namespaced, self-monitoring cache as a Redis module (SPEC 2).
 //!
-//! The logic modules (`args`, `entry`, `keyname`, `namespace`) are plain Rust with
-//! unit tests; `commands`, `datatype` and `openkey` are the thin FFI layer.
+//! Logic is plain Rust with unit tests: `args`, `entry`, `histogram`, `keyname`,
+//! `memsize`, `namespace`, `removal`, `sweep`, `topk`. The FFI layer is thin:
+//! `commands`, `datatype`, `openkey`, `sweeper`, and the module table below.
 
 pub mod args;
 pub mod commands;
+pub mod config;
 pub mod datatype;
 pub mod entry;
 pub mod error;
+pub mod histogram;
 pub mod keyname;
 pub mod log;
+pub mod memsize;
 pub mod namespace;
 pub mod openkey;
+pub mod removal;
+pub mod sweep;
+pub mod sweeper;
+pub mod topk;
 
 #[cfg(not(test))]
 mod module {
-    use redis_module::{redis_module, Context, RedisResult, RedisString, Status};
+    use std::sync::atomic::AtomicI64;
+
+    use redis_module::configuration::{ConfigurationContext, ConfigurationFlags};
+    use redis_module::{
+        redis_module, Context, ContextFlags, InfoContext, NotifyEvent, RedisResult, RedisString,
+        Status,
+    };
+    use redis_module_macros::info_command_handler;
 
     use crate::commands::{self, guarded};
-    use crate::datatype::ENTRY_TYPE;
+    use crate::config;
+    use crate::datatype::{self, ENTRY_TYPE};
+    use crate::namespace::{registry, try_registry};
+    use crate::removal::{self, Removal};
+    use crate::sweeper;
 
-    fn init(_ctx: &Context, _args: &[RedisString]) -> Status {
+    fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         // The default hook prints to stderr and may capture a backtrace (which
         // allocates through Redis's allocator); the Redis log is where operators look.
         std::panic::set_hook(Box::new(|info| {
             crate::log::warning(&format!("nscache: panic caught: {info}"));
         }));
+        datatype::set_cluster_mode(ctx.get_flags().contains(ContextFlags::CLUSTER));
+        sweeper::start(ctx);
         Status::Ok
     }
 
-    fn cmd_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-        guarded(ctx, args, commands::set)
+    fn on_topk_changed(_ctx: &ConfigurationContext, _name: &str, _value: &'static AtomicI64) {
+        let k = config::topk();
+        for ns in registry().all() {
+            ns.stats().topk.resize(k);
+        }
     }
-    fn cmd_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-        guarded(ctx, args, commands::get)
+
+    fn on_key_removed(_ctx: &Context, event: NotifyEvent, _name: &str, key: &[u8]) {
+        let kind = if event.contains(NotifyEvent::EVICTED) {
+            Removal::Evicted
+        } else {
+            Removal::Expired
+        };
+        removal::key_removed(kind, key);
     }
-    fn cmd_del(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-        guarded(ctx, args, commands::del)
+
+    // The builder API would name the section itself; the older calls give the
+    // module's own section with `nscache_<field>` lines, one per namespace.
+    #[allow(deprecated)]
+    #[info_command_handler]
+    fn info(ctx: &InfoContext, for_crash_report: bool) -> RedisResult<()> {
+        // A crash report may run while a command holds the registry lock.
+        let Some(registry) = (if for_crash_report {
+            try_registry()
+        } else {
+            Some(registry())
+        }) else {
+            return Ok(());
+        };
+        ctx.add_info_section(None);
+        ctx.add_info_field_long_long("namespaces", registry.len() as i64);
+        ctx.add_info_field_long_long("sweep_pending", i64::from(sweeper::busy()));
+        for ns in registry.all() {
+            let r = ns.report();
+            let (rl, wl) = (&r.read_latency_us, &r.write_latency_us);
+            let line = format!(
+                "hits={},misses={},hit_ratio={:.4},sets={},deletes={},invalidations={},expired={},evicted={},entries={},bytes={},\
+                 read_latency_us_p50={},read_latency_us_p90={},read_latency_us_p99={},read_latency_us_p999={},read_latency_us_max={},\
+                 write_latency_us_p50={},write_latency_us_p90={},write_latency_us_p99={},write_latency_us_p999={},write_latency_us_max={}",
+                r.hits, r.misses, r.hit_ratio, r.sets, r.deletes, r.invalidations, r.expired, r.evicted, r.entries, r.bytes,
+                rl.p50, rl.p90, rl.p99, rl.p999, rl.max, wl.p50, wl.p90, wl.p99, wl.p999, wl.max,
+            );
+            ctx.add_info_field_str(&format!("ns_{}", r.prefix), &line);
+        }
+        Ok(())
     }
-    fn cmd_stats(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-        guarded(ctx, args, commands::stats)
+
+    macro_rules! handlers {
+        ($($wrapper:ident => $handler:path),* $(,)?) => {$(
+            fn $wrapper(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+                guarded(ctx, args, $handler)
+            }
+        )*};
     }
-    fn cmd_resetstats(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-        guarded(ctx, args, commands::resetstats)
-    }
-    fn cmd_keyname(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-        guarded(ctx, args, commands::keyname)
+
+    handlers! {
+        cmd_set => commands::set,
+        cmd_get => commands::get,
+        cmd_mget => commands::mget,
+        cmd_del => commands::del,
+        cmd_ttl => commands::ttl,
+        cmd_invalidate => commands::invalidate,
+        cmd_stats => commands::stats,
+        cmd_topkeys => commands::topkeys,
+        cmd_resetstats => commands::resetstats,
+        cmd_keyname => commands::keyname,
     }
 
     redis_module! {
@@ -59,10 +129,32 @@ mod module {
             // name's slot, so cluster clients route on it (SPEC 2.2).
             ["nscache.set", cmd_set, "write deny-oom", 2, 2, 1, ""],
             ["nscache.get", cmd_get, "readonly fast", 2, 2, 1, ""],
+            ["nscache.mget", cmd_mget, "readonly fast", 2, -1, 1, ""],
             ["nscache.del", cmd_del, "write", 2, -1, 1, ""],
+            ["nscache.ttl", cmd_ttl, "readonly fast", 2, 2, 1, ""],
+            // Namespace-wide commands are keyless: they act on the node that
+            // receives them.
+            ["nscache.invalidate", cmd_invalidate, "write fast", 0, 0, 0, ""],
             ["nscache.stats", cmd_stats, "readonly", 0, 0, 0, ""],
+            ["nscache.topkeys", cmd_topkeys, "readonly", 0, 0, 0, ""],
             ["nscache.resetstats", cmd_resetstats, "fast", 0, 0, 0, ""],
             ["nscache.keyname", cmd_keyname, "readonly fast", 0, 0, 0, ""],
         ],
+        event_handlers: [
+            [@EXPIRED @EVICTED: on_key_removed],
+        ],
+        configurations: [
+            i64: [
+                ["topk", &config::TOPK, 32, config::TOPK_RANGE.0, config::TOPK_RANGE.1, ConfigurationFlags::DEFAULT, Some(Box::new(on_topk_changed))],
+                ["max-namespaces", &config::MAX_NAMESPACES, 1024, config::MAX_NAMESPACES_RANGE.0, config::MAX_NAMESPACES_RANGE.1, ConfigurationFlags::DEFAULT, None],
+                ["sweep-budget", &config::SWEEP_BUDGET, 1000, config::SWEEP_BUDGET_RANGE.0, config::SWEEP_BUDGET_RANGE.1, ConfigurationFlags::DEFAULT, None],
+            ],
+            string: [],
+            bool: [
+                ["publish-invalidations", &config::PUBLISH_INVALIDATIONS, false, ConfigurationFlags::DEFAULT, None],
+            ],
+            enum: [],
+            module_args_as_configuration: true,
+        ]
     }
 }

@@ -81,6 +81,13 @@ impl OpenKey {
         Ok(())
     }
 
+    /// Milliseconds until the key expires, or None when it has no expiry.
+    pub fn expire_ms(&self) -> Option<i64> {
+        // SAFETY: `raw` is an open key (or null, checked).
+        let ms = unsafe { raw::RedisModule_GetExpire.map(|f| f(self.raw)) }?;
+        (!self.raw.is_null() && ms >= 0).then_some(ms)
+    }
+
     /// Deletes the key.
     pub fn delete(&self) -> CacheResult<()> {
         // SAFETY: key open for writing.

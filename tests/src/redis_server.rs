@@ -204,13 +204,23 @@ impl RedisServer {
         }
     }
 
-    /// `process_id` from `INFO server` of whatever answers on our port.
+    /// `process_id` from `INFO server` of whatever answers on our port, once it
+    /// has finished loading its dataset (it answers INFO while still loading).
     fn server_pid(&self) -> redis::RedisResult<u32> {
         let mut conn = self
             .client()
             .get_connection_with_timeout(Duration::from_millis(500))?;
         conn.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let info: String = redis::cmd("INFO").arg("server").query(&mut conn)?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .arg("persistence")
+            .query(&mut conn)?;
+        if info.lines().any(|l| l.trim() == "loading:1") {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "still loading",
+            )));
+        }
         info.lines()
             .find_map(|l| l.strip_prefix("process_id:"))
             .and_then(|p| p.trim().parse().ok())

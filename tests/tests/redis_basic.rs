@@ -128,7 +128,9 @@ fn stats_fields_come_in_spec_order_and_as_a_map_in_resp3() {
             "expired",
             "evicted",
             "entries",
-            "bytes"
+            "bytes",
+            "read_latency_us",
+            "write_latency_us"
         ]
     );
     assert!(
@@ -315,7 +317,11 @@ fn bad_input_gets_an_error_and_writes_nothing() {
             "wrong number of arguments",
         ),
         (vec![b"NSCACHE.DEL", b"p"], "wrong number of arguments"),
-        (vec![b"NSCACHE.STATS"], "wrong number of arguments"),
+        (
+            vec![b"NSCACHE.STATS", b"p", b"q", b"r"],
+            "wrong number of arguments",
+        ),
+        (vec![b"NSCACHE.STATS", b"p", b"BOGUS"], "unknown option"),
         (vec![b"NSCACHE.SET", b"p", b"k", b"0", b"v"], "invalid ttl"),
         (vec![b"NSCACHE.SET", b"p", b"k", b"-1", b"v"], "invalid ttl"),
         (
