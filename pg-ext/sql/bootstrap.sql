@@ -13,3 +13,59 @@ CREATE TABLE txevents.outbox (
 );
 REVOKE ALL ON txevents.outbox FROM PUBLIC;
 COMMENT ON TABLE txevents.outbox IS 'Events emitted by txevents.emit, one row per event; written in the emitting transaction.';
+-- Consumers read the outbox by (txid, id) ranges.
+CREATE INDEX outbox_txid_id ON txevents.outbox (txid, id);
+
+-- Consumer groups. Every event whose transaction is visible in done_snapshot has been
+-- claimed by the group; range_snapshot is the newer snapshot being worked through, up
+-- to (range_txid, range_id). See src/consumer.rs.
+CREATE TABLE txevents.consumers (
+    name           text        PRIMARY KEY CHECK (name <> ''),
+    event_types    text[],
+    max_attempts   int         NOT NULL CHECK (max_attempts >= 1),
+    backoff_base   interval    NOT NULL,
+    backoff_max    interval    NOT NULL,
+    done_snapshot  pg_snapshot NOT NULL,
+    range_snapshot pg_snapshot,
+    range_txid     xid8,
+    range_id       bigint,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per polled batch: the events a worker holds until lease_until.
+CREATE TABLE txevents.claims (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer    text        NOT NULL REFERENCES txevents.consumers (name) ON DELETE CASCADE,
+    event_ids   bigint[]    NOT NULL,
+    attempts    int[]       NOT NULL,
+    lease_until timestamptz NOT NULL
+);
+CREATE INDEX claims_consumer_lease ON txevents.claims (consumer, lease_until);
+
+-- Events a worker nacked, waiting for their next attempt. attempts = deliveries so far.
+CREATE TABLE txevents.retries (
+    consumer        text        NOT NULL REFERENCES txevents.consumers (name) ON DELETE CASCADE,
+    event_id        bigint      NOT NULL,
+    attempts        int         NOT NULL,
+    next_attempt_at timestamptz NOT NULL,
+    last_error      text,
+    PRIMARY KEY (consumer, event_id)
+);
+CREATE INDEX retries_due ON txevents.retries (consumer, next_attempt_at);
+
+-- Events that failed max_attempts times (or whose lease ran out on the last attempt).
+CREATE TABLE txevents.dead (
+    consumer   text        NOT NULL REFERENCES txevents.consumers (name) ON DELETE CASCADE,
+    event_id   bigint      NOT NULL,
+    attempts   int         NOT NULL,
+    last_error text,
+    failed_at  timestamptz NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+);
+
+-- Notifications of prepared transactions, sent by COMMIT PREPARED (src/notify.rs).
+CREATE TABLE txevents.prepared_notify (
+    gid      text   PRIMARY KEY,
+    channels text[] NOT NULL,
+    payloads text[] NOT NULL
+);

@@ -1,8 +1,12 @@
-//! `txevents.emit`: write an event into the outbox and queue its NOTIFY.
+//! `txevents.emit`, `invalidate`, `invalidate_namespace` and `get`: write an event into
+//! the outbox and queue its NOTIFY; read one back as an envelope.
 
 use std::cell::RefCell;
 
-use cachetx_shared::{notify::encode_for_envelope, Envelope, Timestamp, FORMAT_VERSION};
+use cachetx_shared::{
+    notify::encode_for_envelope, validate_prefix, CacheInvalidation, Envelope, InvalidationScope,
+    Timestamp, FORMAT_VERSION, INVALIDATE_EVENT_TYPE,
+};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{JsonB, PgBuiltInOids, PgOid};
@@ -62,7 +66,7 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
     let headers = validate::object("headers", event.headers)?;
     let notify_mode = guc::NOTIFY.get();
     let channel = match notify_mode {
-        NotifyMode::Commit => Some(guc::channel()?),
+        NotifyMode::Commit => Some(notify::check_channel(&guc::channel()?)?),
         NotifyMode::Off => None,
     };
 
@@ -90,7 +94,7 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
             occurred_at: Timestamp::from_postgres_micros(now),
             txid: Some(txid),
         };
-        notify::queue(&channel, &encode_for_envelope(&envelope))?;
+        notify::queue(channel, encode_for_envelope(&envelope))?;
     }
     Ok(id)
 }
@@ -129,5 +133,109 @@ fn insert(
             let id: Option<i64> = client.update(plan, Some(1), &args)?.first().get_one()?;
             id.ok_or_else(|| TxEventsError::Internal("INSERT returned no id".into()))
         })
+    })
+}
+
+/// Emits a `cache.invalidate` event for `keys` of namespace `prefix` (SPEC 3.1).
+#[pg_extern(name = "invalidate", security_definer)]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+fn txevents_invalidate(prefix: Option<&str>, keys: Option<VariadicArray<'_, String>>) -> i64 {
+    let keys = match keys {
+        Some(keys) => keys,
+        None => TxEventsError::NullArgument("keys").raise(),
+    };
+    invalidation(prefix, Some(keys))
+        .and_then(emit_invalidation)
+        .unwrap_or_else(|e| e.raise())
+}
+
+/// Emits a `cache.invalidate` event for the whole namespace `prefix`.
+#[pg_extern(name = "invalidate_namespace", security_definer)]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+fn txevents_invalidate_namespace(prefix: Option<&str>) -> i64 {
+    invalidation(prefix, None)
+        .and_then(emit_invalidation)
+        .unwrap_or_else(|e| e.raise())
+}
+
+fn invalidation(
+    prefix: Option<&str>,
+    keys: Option<VariadicArray<'_, String>>,
+) -> TxResult<CacheInvalidation> {
+    let prefix = prefix.ok_or(TxEventsError::NullArgument("prefix"))?;
+    let prefix = validate_prefix(prefix.as_bytes())?.to_string();
+    let scope = match keys {
+        None => InvalidationScope::Namespace,
+        Some(keys) => {
+            let keys = keys
+                .iter()
+                .map(|k| k.ok_or(TxEventsError::NullArgument("keys element")))
+                .collect::<TxResult<Vec<String>>>()?;
+            if keys.is_empty() {
+                return Err(TxEventsError::InvalidArgument(
+                    "keys must name at least one key (use txevents.invalidate_namespace for all)"
+                        .into(),
+                ));
+            }
+            InvalidationScope::Keys(keys)
+        }
+    };
+    Ok(CacheInvalidation { prefix, scope })
+}
+
+fn emit_invalidation(invalidation: CacheInvalidation) -> TxResult<i64> {
+    emit(NewEvent {
+        event_type: Some(INVALIDATE_EVENT_TYPE),
+        payload: Some(invalidation.to_value()),
+        aggregate_type: None,
+        aggregate_id: None,
+        headers: Some(serde_json::Value::Object(serde_json::Map::new())),
+    })
+}
+
+/// The event `id` as its envelope (the same JSON as an inline notification carries),
+/// or NULL if there is no such event (never emitted, rolled back, or pruned).
+#[pg_extern(name = "get", security_definer, strict, stable)]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+fn txevents_get(id: i64) -> Option<JsonB> {
+    match envelope(id) {
+        Ok(found) => found.map(|e| JsonB(serde_json::to_value(&e).unwrap_or_default())),
+        Err(e) => e.raise(),
+    }
+}
+
+fn envelope(id: i64) -> TxResult<Option<Envelope>> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT event_type, aggregate_type, aggregate_id, payload, headers,
+                    occurred_at, txid::text
+               FROM txevents.outbox WHERE id = $1",
+            Some(1),
+            &[id.into()],
+        )?;
+        let Some(row) = table.into_iter().next() else {
+            return Ok(None);
+        };
+        let event_type: String = row.get(1)?.unwrap_or_default();
+        let payload: Option<JsonB> = row.get(4)?;
+        let headers: Option<JsonB> = row.get(5)?;
+        let occurred_at: Option<TimestampWithTimeZone> = row.get(6)?;
+        let txid: Option<String> = row.get(7)?;
+        let object = |j: Option<JsonB>| match j.map(|j| j.0) {
+            Some(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        let micros = occurred_at.map(|t| t.into_inner()).unwrap_or_default();
+        Ok(Some(Envelope {
+            v: FORMAT_VERSION,
+            id,
+            event_type,
+            aggregate_type: row.get(2)?,
+            aggregate_id: row.get(3)?,
+            payload: object(payload),
+            headers: object(headers),
+            occurred_at: Timestamp::from_postgres_micros(micros),
+            txid: txid.and_then(|t| t.parse().ok()),
+        }))
     })
 }

@@ -31,6 +31,29 @@ pub enum TxEventsError {
         /// Why.
         reason: String,
     },
+    /// An argument is out of its allowed range or form (the message says which).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A namespace prefix that `cachetx_shared::validate_prefix` refuses.
+    #[error("invalid prefix: {0}")]
+    BadPrefix(#[from] cachetx_shared::PrefixError),
+    /// No consumer group of that name.
+    #[error("consumer group \"{0}\" does not exist")]
+    UndefinedConsumer(String),
+    /// A consumer group of that name exists already.
+    #[error("consumer group \"{0}\" already exists")]
+    DuplicateConsumer(String),
+    /// `nack` of an event the group does not hold in a claim.
+    #[error("event {id} is not claimed by consumer group \"{consumer}\" (acked, nacked, or never polled)")]
+    NotClaimed {
+        /// The group.
+        consumer: String,
+        /// The event.
+        id: i64,
+    },
+    /// `capture` of something that is not an ordinary or partitioned table.
+    #[error("\"{0}\" is not a table")]
+    NotATable(String),
     /// An SPI call failed in a way that is a bug, not user input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -44,7 +67,15 @@ impl TxEventsError {
             TxEventsError::EmptyEventType
             | TxEventsError::EventTypeTooLong(_)
             | TxEventsError::NotAnObject { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            TxEventsError::BadSetting { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            TxEventsError::BadSetting { .. }
+            | TxEventsError::InvalidArgument(_)
+            | TxEventsError::BadPrefix(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            TxEventsError::UndefinedConsumer(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            TxEventsError::DuplicateConsumer(_) => PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            TxEventsError::NotClaimed { .. } => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            TxEventsError::NotATable(_) => PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             TxEventsError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -1,4 +1,5 @@
-//! Argument checks of `emit`, kept free of Postgres types so they run in unit tests.
+//! Argument checks of the SQL functions, kept free of Postgres types so they run in
+//! unit tests. Durations are microseconds.
 
 use serde_json::{Map, Value};
 
@@ -40,6 +41,109 @@ pub fn object(field: &'static str, raw: Option<Value>) -> TxResult<Map<String, V
             found: json_kind(&other),
         }),
     }
+}
+
+/// Longest consumer group name, in bytes.
+pub const MAX_CONSUMER_NAME_LEN: usize = 63;
+
+/// Checks a consumer group name: present, 1 to 63 bytes.
+pub fn consumer_name(raw: Option<&str>) -> TxResult<&str> {
+    match raw {
+        None => Err(TxEventsError::NullArgument("name")),
+        Some("") => Err(TxEventsError::InvalidArgument(
+            "consumer group name must not be empty".into(),
+        )),
+        Some(n) if n.len() > MAX_CONSUMER_NAME_LEN => Err(TxEventsError::InvalidArgument(format!(
+            "consumer group name is {} bytes long, the limit is 63",
+            n.len()
+        ))),
+        Some(n) => Ok(n),
+    }
+}
+
+/// Checks a group's event type filter: NULL (every type) or a non-empty list of valid
+/// event types.
+pub fn event_types(raw: Option<Vec<Option<String>>>) -> TxResult<Option<Vec<String>>> {
+    let Some(list) = raw else { return Ok(None) };
+    if list.is_empty() {
+        return Err(TxEventsError::InvalidArgument(
+            "event_types must not be empty (NULL means every type)".into(),
+        ));
+    }
+    list.into_iter()
+        .map(|t| event_type(t.as_deref()).map(str::to_string))
+        .collect::<TxResult<Vec<String>>>()
+        .map(Some)
+}
+
+/// Checks `max_attempts`: at least 1.
+pub fn max_attempts(raw: Option<i32>) -> TxResult<i32> {
+    match raw {
+        None => Err(TxEventsError::NullArgument("max_attempts")),
+        Some(n) if n < 1 => Err(TxEventsError::InvalidArgument(format!(
+            "max_attempts must be at least 1, not {n}"
+        ))),
+        Some(n) => Ok(n),
+    }
+}
+
+/// Checks the backoff bounds: base > 0 and max >= base.
+pub fn backoff(base: i64, max: i64) -> TxResult<()> {
+    if base <= 0 {
+        return Err(TxEventsError::InvalidArgument(
+            "backoff_base must be a positive interval".into(),
+        ));
+    }
+    if max < base {
+        return Err(TxEventsError::InvalidArgument(
+            "backoff_max must not be shorter than backoff_base".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `poll`'s `max`: 1 to [`crate::consumer::MAX_BATCH`].
+pub fn batch_size(raw: Option<i32>) -> TxResult<i32> {
+    match raw {
+        None => Err(TxEventsError::NullArgument("max")),
+        Some(n) if !(1..=crate::consumer::MAX_BATCH).contains(&n) => {
+            Err(TxEventsError::InvalidArgument(format!(
+                "max must be between 1 and {}, not {n}",
+                crate::consumer::MAX_BATCH
+            )))
+        }
+        Some(n) => Ok(n),
+    }
+}
+
+/// Checks a lease: a positive interval.
+pub fn lease(micros: i64) -> TxResult<()> {
+    if micros <= 0 {
+        return Err(TxEventsError::InvalidArgument(
+            "lease must be a positive interval".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an explicit retry delay: not negative.
+pub fn retry_after(micros: i64) -> TxResult<()> {
+    if micros < 0 {
+        return Err(TxEventsError::InvalidArgument(
+            "retry_after must not be negative".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `prune`'s age: not negative.
+pub fn older_than(micros: i64) -> TxResult<()> {
+    if micros < 0 {
+        return Err(TxEventsError::InvalidArgument(
+            "older_than must not be negative".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -84,5 +188,63 @@ mod tests {
                 found: "a string"
             })
         );
+    }
+
+    fn invalid(r: TxResult<impl std::fmt::Debug>) -> String {
+        match r {
+            Err(TxEventsError::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn consumer_names() {
+        assert_eq!(consumer_name(Some("relay")), Ok("relay"));
+        assert_eq!(
+            consumer_name(None),
+            Err(TxEventsError::NullArgument("name"))
+        );
+        assert!(invalid(consumer_name(Some(""))).contains("empty"));
+        assert!(invalid(consumer_name(Some(&"n".repeat(64)))).contains("limit is 63"));
+        assert!(consumer_name(Some(&"n".repeat(63))).is_ok());
+    }
+
+    #[test]
+    fn event_type_filters() {
+        assert_eq!(event_types(None), Ok(None));
+        assert_eq!(
+            event_types(Some(vec![Some("a.b".into())])),
+            Ok(Some(vec!["a.b".to_string()]))
+        );
+        assert!(invalid(event_types(Some(vec![]))).contains("NULL means every type"));
+        assert_eq!(
+            event_types(Some(vec![Some("a".into()), None])),
+            Err(TxEventsError::NullArgument("event_type"))
+        );
+        assert_eq!(
+            event_types(Some(vec![Some(String::new())])),
+            Err(TxEventsError::EmptyEventType)
+        );
+    }
+
+    #[test]
+    fn numbers_and_durations() {
+        assert_eq!(max_attempts(Some(1)), Ok(1));
+        assert!(invalid(max_attempts(Some(0))).contains("at least 1"));
+        assert_eq!(batch_size(Some(100)), Ok(100));
+        assert!(invalid(batch_size(Some(0))).contains("between 1 and"));
+        assert!(invalid(batch_size(Some(-3))).contains("between 1 and"));
+        assert!(invalid(batch_size(Some(crate::consumer::MAX_BATCH + 1))).contains("between"));
+        assert_eq!(batch_size(None), Err(TxEventsError::NullArgument("max")));
+        assert!(lease(1).is_ok());
+        assert!(invalid(lease(0)).contains("positive"));
+        assert!(invalid(lease(-1)).contains("positive"));
+        assert!(retry_after(0).is_ok());
+        assert!(invalid(retry_after(-1)).contains("negative"));
+        assert!(older_than(0).is_ok());
+        assert!(invalid(older_than(-1)).contains("negative"));
+        assert!(backoff(1, 1).is_ok());
+        assert!(invalid(backoff(0, 5)).contains("positive"));
+        assert!(invalid(backoff(5, 4)).contains("shorter"));
     }
 }
