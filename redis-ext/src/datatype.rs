@@ -190,8 +190,11 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
     }) else {
         return;
     };
+    // What a client can observe, not the raw generation: a rewritten AOF
+    // restarts generations, and equal data must digest equally.
     let name = entry.namespace().name();
-    let meta = format!("{}:{}", entry.generation(), form_code(entry.form()));
+    let live = entry.is_current(entry.namespace().generation());
+    let meta = format!("{}:{}", u8::from(live), form_code(entry.form()));
     // SAFETY: buffers valid for the call.
     unsafe {
         add(md, name.as_ptr().cast_mut().cast(), name.len());

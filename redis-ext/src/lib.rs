@@ -46,8 +46,27 @@ mod module {
             crate::log::warning(&format!("nscache: panic caught: {info}"));
         }));
         datatype::set_cluster_mode(ctx.get_flags().contains(ContextFlags::CLUSTER));
+        calibrate_allocator();
         sweeper::start(ctx);
         Status::Ok
+    }
+
+    /// Learns the allocator's size classes, so `bytes` matches `MEMORY USAGE`.
+    fn calibrate_allocator() {
+        // SAFETY: the module API is initialised; the pointer is freed right away.
+        unsafe {
+            if let (Some(alloc), Some(size), Some(free)) = (
+                redis_module::raw::RedisModule_Alloc,
+                redis_module::raw::RedisModule_MallocSize,
+                redis_module::raw::RedisModule_Free,
+            ) {
+                let ptr = alloc(17);
+                if !ptr.is_null() {
+                    crate::memsize::calibrate(size(ptr));
+                    free(ptr);
+                }
+            }
+        }
     }
 
     fn on_topk_changed(_ctx: &ConfigurationContext, _name: &str, _value: &'static AtomicI64) {

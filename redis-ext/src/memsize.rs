@@ -5,6 +5,19 @@
 //! mode). The namespace's `bytes` counter charges exactly that at write time, so
 //! `bytes` equals the sum of `MEMORY USAGE` over the namespace's keys.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Smallest allocation step of the allocator Redis runs on: 8 in upstream
+/// builds of jemalloc, 16 in Debian's system jemalloc. Detected at load.
+static QUANTUM: AtomicUsize = AtomicUsize::new(8);
+
+/// Records the allocator's quantum, from the usable size Redis reports for a
+/// 17-byte allocation (24 with an 8-byte quantum, 32 with a 16-byte one).
+pub fn calibrate(usable_size_of_17: usize) {
+    let quantum = if usable_size_of_17 >= 32 { 16 } else { 8 };
+    QUANTUM.store(quantum, Ordering::Relaxed);
+}
+
 /// `robj` (16) plus `moduleValue` (16): Redis's wrapper around every module value.
 const MODULE_OBJECT: usize = 32;
 /// `dictEntry` of the main keyspace dict.
@@ -12,13 +25,18 @@ const DICT_ENTRY: usize = 24;
 /// Per-key slot-to-keys metadata Redis 7.0 adds in cluster mode.
 const CLUSTER_KEY_METADATA: usize = 16;
 
-/// The size class jemalloc (as Redis builds it, 8-byte quantum) rounds `n` up to.
+/// The size class jemalloc rounds `n` up to.
 pub fn alloc_class(n: usize) -> usize {
+    alloc_class_with(n, QUANTUM.load(Ordering::Relaxed))
+}
+
+fn alloc_class_with(n: usize, quantum: usize) -> usize {
+    // jemalloc keeps a "tiny" 8-byte class below a 16-byte quantum.
     if n <= 8 {
         return 8;
     }
     if n <= 64 {
-        return n.div_ceil(8) * 8;
+        return n.max(1).div_ceil(quantum) * quantum;
     }
     // Between 2^k and 2^(k+1) jemalloc has four classes, 2^(k-2) apart.
     let k = usize::BITS - 1 - (n - 1).leading_zeros();
@@ -74,12 +92,30 @@ mod tests {
             (4097, 5120),
         ];
         for (n, class) in expect {
-            assert_eq!(alloc_class(n), class, "n = {n}");
+            assert_eq!(alloc_class_with(n, 8), class, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn a_16_byte_quantum_merges_the_smallest_classes() {
+        let expect = [
+            (1, 8),
+            (8, 8),
+            (9, 16),
+            (17, 32),
+            (53, 64),
+            (65, 80),
+            (129, 160),
+            (1025, 1280),
+        ];
+        for (n, class) in expect {
+            assert_eq!(alloc_class_with(n, 16), class, "n = {n}");
         }
     }
 
     #[test]
     fn sds_headers_grow_with_length() {
+        calibrate(24);
         assert_eq!(sds_alloc(10), alloc_class(12));
         assert_eq!(sds_alloc(40), alloc_class(44));
         assert_eq!(sds_alloc(300), alloc_class(306));

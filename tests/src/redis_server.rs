@@ -68,6 +68,8 @@ pub struct RedisServer {
     port: u16,
     /// Arguments after ours; for cluster nodes this includes `--cluster-port`.
     extra_args: Vec<String>,
+    /// Arguments passed to the module itself (after its path in `--loadmodule`).
+    module_args: Vec<String>,
     module: PathBuf,
     child: Option<Child>,
     // Declared last: dropped (removed) after the process has been stopped in `drop`.
@@ -83,12 +85,17 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments appended to the defaults
     /// (later arguments win), e.g. `&["--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru"]`.
     pub fn start_with(args: &[&str]) -> RedisServer {
-        Self::launch(args, false)
+        Self::launch(args, &[], false)
+    }
+
+    /// Starts a server whose module gets `module_args` (e.g. `&["topk", "8"]`).
+    pub fn start_with_module_args(module_args: &[&str]) -> RedisServer {
+        Self::launch(&[], module_args, false)
     }
 
     /// Starts a server, retrying with new ports when the chosen one is taken. With
     /// `cluster_bus`, each attempt also gets a fresh `--cluster-port`.
-    fn launch(args: &[&str], cluster_bus: bool) -> RedisServer {
+    fn launch(args: &[&str], module_args: &[&str], cluster_bus: bool) -> RedisServer {
         reap_stale_servers();
         let module = module_or_panic();
         let mut last_log = String::new();
@@ -101,6 +108,7 @@ impl RedisServer {
             let mut server = RedisServer {
                 port: free_port(),
                 extra_args,
+                module_args: module_args.iter().map(|a| (*a).to_owned()).collect(),
                 module: module.clone(),
                 child: None,
                 dir: TempDir::new("rd"),
@@ -143,6 +151,7 @@ impl RedisServer {
             .arg("yes")
             .arg("--loadmodule")
             .arg(&self.module)
+            .args(&self.module_args)
             .args(&self.extra_args)
             .current_dir(self.dir.path())
             // A module panic with RUST_BACKTRACE set captures a backtrace inside the
@@ -394,7 +403,7 @@ impl RedisCluster {
             "nodes.conf",
         ];
         let nodes = (0..n_primaries)
-            .map(|_| RedisServer::launch(&args, true))
+            .map(|_| RedisServer::launch(&args, &[], true))
             .collect();
         let cluster = RedisCluster { nodes };
         if n_primaries >= 3 {
