@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# txevents benchmark (SPEC 6), run by `make bench-pg`.
+#
+# On a private Postgres cluster (initdb in a temp dir, unix socket only, fsync=off,
+# shared_preload_libraries=txevents), side by side in one run:
+#   pgbench, 10 s each (BENCH_SECONDS), at 1, 8 and 16 clients, one transaction each:
+#     (a) INSERT one row
+#     (b) INSERT one row + txevents.emit(...)            (post-commit NOTIFY, mode commit)
+#     (c) INSERT one row + INSERT into a plain outbox table + pg_notify (hand-written)
+#   poll+ack throughput of one consumer in batches of 100 over 100,000 events;
+#   commit-to-listener latency p50/p99 at 1,000 events/s (tests/examples/notify_latency.rs).
+# Appends a dated section to bench/RESULTS.md. The cluster is stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SECONDS_EACH=${BENCH_SECONDS:-10}
+CLIENTS=${BENCH_CLIENTS:-"1 8 16"}
+POLL_EVENTS=${BENCH_POLL_EVENTS:-100000}
+LAT_RATE=${BENCH_LATENCY_RATE:-1000}
+LAT_SECONDS=${BENCH_LATENCY_SECONDS:-10}
+RESULTS=${BENCH_RESULTS:-$ROOT/bench/RESULTS.md}
+PG_BIN=$(/usr/lib/postgresql/15/bin/pg_config --bindir 2>/dev/null || pg_config --bindir)
+WORK=$(mktemp -d /tmp/ctx-bench.XXXXXX)
+chmod 755 "$WORK"
+PG_STARTED=""
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+    local status=$?
+    if [ -n "$PG_STARTED" ]; then as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1 || true; fi
+    rm -rf "$WORK"
+    exit $status
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+echo "==> building the latency probe"
+(cd "$ROOT" && cargo build --release -q -p cachetx-tests --example notify_latency)
+
+PORT=$(free_port)
+chown postgres:postgres "$WORK" 2>/dev/null || true
+as_pg env -u RUST_BACKTRACE "$PG_BIN/initdb" -D "$WORK/pg" -A trust -E UTF8 --locale=C -U postgres --no-sync >/dev/null
+as_pg env -u RUST_BACKTRACE "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w -t 60 \
+    -o "-p $PORT -k $WORK -c listen_addresses='' -c fsync=off -c max_connections=100 -c shared_preload_libraries=txevents" \
+    start >/dev/null
+PG_STARTED=1
+echo "==> private Postgres on port $PORT (socket in $WORK)"
+URL="postgresql://postgres@$(printf '%s' "$WORK" | sed 's|/|%2F|g'):$PORT/bench"
+pq() { psql -h "$WORK" -p "$PORT" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
+pq -d postgres -c "CREATE DATABASE bench"
+pq -d bench <<'SQL'
+CREATE EXTENSION txevents;
+CREATE TABLE items (id bigserial PRIMARY KEY, v int NOT NULL);
+-- What a user writes by hand instead of txevents: same columns as txevents.outbox.
+CREATE TABLE outbox_hand (
+    id             bigserial PRIMARY KEY,
+    event_type     text        NOT NULL,
+    aggregate_type text,
+    aggregate_id   text,
+    payload        jsonb       NOT NULL,
+    headers        jsonb       NOT NULL DEFAULT '{}',
+    occurred_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+SQL
+
+cat > "$WORK/a.sql" <<'SQL'
+\set v random(1, 1000000)
+BEGIN;
+INSERT INTO items (v) VALUES (:v);
+COMMIT;
+SQL
+cat > "$WORK/b.sql" <<'SQL'
+\set v random(1, 1000000)
+BEGIN;
+INSERT INTO items (v) VALUES (:v);
+SELECT txevents.emit('item.created', jsonb_build_object('v', (:v)::int), 'item', (:v)::text);
+COMMIT;
+SQL
+cat > "$WORK/c.sql" <<'SQL'
+\set v random(1, 1000000)
+BEGIN;
+INSERT INTO items (v) VALUES (:v);
+WITH e AS (
+    INSERT INTO outbox_hand (event_type, aggregate_type, aggregate_id, payload)
+    VALUES ('item.created', 'item', (:v)::text, jsonb_build_object('v', (:v)::int)) RETURNING *)
+SELECT pg_notify('outbox_hand', row_to_json(e)::text) FROM e;
+COMMIT;
+SQL
+
+tps() { # script clients -> TPS (excluding connection time)
+    local jobs=$(( $2 < 2 ? 1 : 2 ))
+    pgbench -h "$WORK" -p "$PORT" -U postgres -n -M prepared -T "$SECONDS_EACH" -c "$2" -j "$jobs" \
+        -f "$WORK/$1.sql" bench 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1
+}
+
+declare -A T
+for c in $CLIENTS; do
+    for s in a b c; do
+        pq -d bench -c "TRUNCATE items, outbox_hand; TRUNCATE txevents.outbox" >/dev/null
+        pq -d bench -c "CHECKPOINT" >/dev/null
+        T[$s,$c]=$(tps "$s" "$c")
+        printf '   %-2s clients=%-3s tps=%s\n' "$s" "$c" "${T[$s,$c]}"
+    done
+done
+
+echo "==> poll+ack: $POLL_EVENTS events, one consumer, batches of 100"
+pq -d bench -o /dev/null <<SQL
+TRUNCATE txevents.outbox;
+SELECT txevents.create_consumer('bench');
+SET txevents.notify = off;
+SELECT count(txevents.emit('bench.item', jsonb_build_object('i', i), 'item', i::text))
+  FROM generate_series(1, $POLL_EVENTS) i;
+VACUUM ANALYZE txevents.outbox;
+SQL
+cat > "$WORK/pollack.sql" <<'SQL'
+SELECT coalesce(array_agg(id), '{}')::text AS ids FROM txevents.poll('bench', 100) \gset
+SELECT txevents.ack('bench', ':ids'::bigint[]);
+SQL
+BATCHES=$(( (POLL_EVENTS + 99) / 100 ))
+START_NS=$(date +%s%N)
+pgbench -h "$WORK" -p "$PORT" -U postgres -n -M simple -c 1 -t "$BATCHES" -f "$WORK/pollack.sql" bench >"$WORK/pollack.out" 2>&1 \
+    || { cat "$WORK/pollack.out"; exit 1; }
+END_NS=$(date +%s%N)
+LEFT=$(pq -d bench -At -c "SELECT count(*) FROM txevents.poll('bench', 100)")
+HELD=$(pq -d bench -At -c "SELECT count(*) FROM txevents.claims")
+POLL_SECS=$(awk -v s="$START_NS" -v e="$END_NS" 'BEGIN { printf "%.3f", (e - s) / 1e9 }')
+POLL_RATE=$(awk -v n="$POLL_EVENTS" -v t="$POLL_SECS" 'BEGIN { printf "%.0f", n / t }')
+echo "   $POLL_EVENTS events in ${POLL_SECS}s = $POLL_RATE events/s (left unpolled: $LEFT, claims held: $HELD)"
+
+echo "==> commit-to-listener latency at $LAT_RATE events/s for ${LAT_SECONDS}s"
+pq -d bench -c "TRUNCATE txevents.outbox" >/dev/null
+LAT=$("$ROOT/target/release/examples/notify_latency" "$URL" "$LAT_RATE" "$LAT_SECONDS")
+echo "   $LAT"
+field() { printf '%s\n' "$LAT" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "n/a" }'; }
+PGVER=$("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) //')
+MEM=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+[ -f "$RESULTS" ] || printf '# Benchmark results\n\nAppended by `make bench-redis` and `make bench-pg`; newest last. Ratios are what SPEC 6 targets.\n' >"$RESULTS"
+{
+    printf '\n## txevents (Postgres), %s\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    printf 'Machine: %s cores (%s), %s RAM, PostgreSQL %s, commit %s.\n' "$(nproc)" "$CPU" "$MEM" "$PGVER" "$(cd "$ROOT" && git rev-parse --short HEAD)"
+    printf 'Private cluster, unix socket, `fsync=off`, `shared_preload_libraries=txevents`; no listener during the pgbench runs.\n'
+    printf 'Command: `make bench-pg` (`scripts/bench-pg.sh`); pgbench `-M prepared -T %s`, `-j 2` above 1 client.\n\n' "$SECONDS_EACH"
+    printf '| clients | (a) INSERT TPS | (b) INSERT + txevents.emit TPS | (c) INSERT + outbox + pg_notify TPS | b / c (target >= 1.0) | b / a |\n'
+    printf '|---|---|---|---|---|---|\n'
+    for c in $CLIENTS; do
+        printf '| %s | %.0f | %.0f | %.0f | %s | %s |\n' "$c" "${T[a,$c]}" "${T[b,$c]}" "${T[c,$c]}" \
+            "$(ratio "${T[b,$c]}" "${T[c,$c]}")" "$(ratio "${T[b,$c]}" "${T[a,$c]}")"
+    done
+    printf '\n| measure | result | target |\n|---|---|---|\n'
+    printf '| poll+ack, 1 consumer, batches of 100, %s events | %s events/s (%s s) | >= 20,000 events/s (1.5x pgmq 24,000 = 36,000) |\n' "$POLL_EVENTS" "$POLL_RATE" "$POLL_SECS"
+    printf '| commit-to-listener latency at %s events/s | p50 %s ms, p90 %s ms, p99 %s ms, max %s ms (%s measured, %s lost) | p99 <= 5 ms |\n' \
+        "$LAT_RATE" "$(field p50_ms)" "$(field p90_ms)" "$(field p99_ms)" "$(field max_ms)" "$(field measured)" "$(field lost)"
+} >>"$RESULTS"
+echo "==> appended to $RESULTS"
+tail -n 16 "$RESULTS"
