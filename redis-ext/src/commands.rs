@@ -14,7 +14,7 @@ use crate::args::{parse_count, parse_set_options, parse_ttl, SetCondition, MAX_V
 use crate::datatype::charge_for;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{CacheError, CacheResult};
-use crate::keyname::{key_form, stored_name, KeyForm};
+use crate::keyname::{key_form, stored_name_into, KeyForm};
 use crate::namespace::{registry, Namespace};
 use crate::openkey::{Content, OpenKey};
 use crate::{config, sweeper};
@@ -45,11 +45,23 @@ struct Target<'a> {
     stored: RedisString,
 }
 
+thread_local! {
+    // Reused for every stored name: one allocation less per command.
+    static NAME_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    // The namespace of the previous command: most commands hit the namespace
+    // their predecessor used, and namespaces are never freed.
+    static LAST_NAMESPACE: std::cell::Cell<Option<&'static Namespace>> = const { std::cell::Cell::new(None) };
+}
+
 fn target<'a>(ctx: &Context, prefix: &str, key: &'a RedisString) -> CacheResult<Target<'a>> {
     let key = key.as_slice();
     let form = key_form(key)?;
-    // Keys are binary: `create_string` goes through a C string and stops at NUL.
-    let stored = RedisString::create_from_slice(ctx.ctx, &stored_name(prefix, key, form));
+    let stored = NAME_BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        stored_name_into(prefix, key, form, &mut buffer);
+        // Keys are binary: `create_string` goes through a C string and stops at NUL.
+        RedisString::create_from_slice(ctx.ctx, &buffer)
+    });
     Ok(Target { key, form, stored })
 }
 
@@ -102,7 +114,12 @@ fn slot<'a>(key: &'a OpenKey, ns: &Namespace, form: KeyForm) -> CacheResult<Slot
 }
 
 fn namespace(prefix: &str) -> CacheResult<&'static Namespace> {
-    registry().get_or_create(prefix, config::max_namespaces(), config::topk())
+    if let Some(ns) = LAST_NAMESPACE.get().filter(|ns| ns.name() == prefix) {
+        return Ok(ns);
+    }
+    let ns = registry().get_or_create(prefix, config::max_namespaces(), config::topk())?;
+    LAST_NAMESPACE.set(Some(ns));
+    Ok(ns)
 }
 
 fn elapsed_ns(started: Instant) -> u64 {
@@ -148,17 +165,11 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         let expire_at = now_ms().saturating_add(ttl * 1000);
         key.store(entry, expire_at)?;
         drop(key);
-        // Replicas and the AOF get the write and this node's absolute expiry, so
-        // a replay does not restart the ttl and DEBUG DIGEST stays equal.
-        let expire_at = expire_at.to_string();
-        ctx.replicate(
-            "NSCACHE.SET",
-            &[prefix.as_bytes(), target.key, args[3].as_slice(), value][..],
-        );
-        ctx.replicate(
-            "PEXPIREAT",
-            &[target.stored.as_slice(), expire_at.as_bytes()][..],
-        );
+        // Replicas and the AOF get the write and then this node's absolute
+        // expiry, so a replay does not restart the ttl and DEBUG DIGEST stays
+        // equal. Verbatim and a typed PEXPIREAT avoid building argument strings.
+        ctx.replicate_verbatim();
+        replicate_pexpireat(ctx, &target.stored, expire_at);
     }
     let mut stats = ns.stats();
     if proceed {
@@ -516,6 +527,21 @@ fn publish_invalidation(ctx: &Context, prefix: &str, scope: InvalidationScope) {
     unsafe {
         if let Some(publish) = raw::RedisModule_PublishMessage {
             publish(ctx.ctx, channel.inner, message.inner);
+        }
+    }
+}
+
+fn replicate_pexpireat(ctx: &Context, stored: &RedisString, at_ms: i64) {
+    // SAFETY: "sl" = one RedisModuleString and one long long, both valid now.
+    unsafe {
+        if let Some(replicate) = raw::RedisModule_Replicate {
+            replicate(
+                ctx.ctx,
+                c"PEXPIREAT".as_ptr(),
+                c"sl".as_ptr(),
+                stored.inner,
+                at_ms as std::ffi::c_longlong,
+            );
         }
     }
 }

@@ -64,13 +64,37 @@ impl OpenKey {
     }
 
     /// Stores `entry` (replacing whatever was there) and sets its absolute expiry.
+    ///
+    /// An existing entry is swapped in place, as SET overwrites a string: setting
+    /// a new value would delete the key and add it again (two dict operations).
     pub fn store(&self, entry: Entry, expire_at_ms: i64) -> CacheResult<()> {
-        // SAFETY: key open for writing; ownership of the entry passes to Redis,
-        // which frees it through the type's free callback.
-        let status = unsafe {
-            call(raw::RedisModule_ModuleTypeSetValue)?(self.raw, raw_type(), entry.into_raw())
+        let replace = matches!(self.content(), Ok(Content::Entry(_)));
+        let raw_entry = entry.into_raw();
+        let status = if replace {
+            let mut old = std::ptr::null_mut();
+            // SAFETY: the key holds a value of our type; the new entry passes to
+            // Redis and the old one comes back to us.
+            let status = unsafe {
+                call(raw::RedisModule_ModuleTypeReplaceValue)?(
+                    self.raw,
+                    raw_type(),
+                    raw_entry,
+                    &mut old,
+                )
+            };
+            if status == raw::Status::Ok as i32 {
+                // SAFETY: Redis handed the previous value back; nothing else owns it.
+                drop(unsafe { Entry::from_raw(old) });
+            }
+            status
+        } else {
+            // SAFETY: key open for writing; Redis owns the entry from now on and
+            // frees it through the type's free callback.
+            unsafe { call(raw::RedisModule_ModuleTypeSetValue)?(self.raw, raw_type(), raw_entry) }
         };
         if status != raw::Status::Ok as i32 {
+            // SAFETY: Redis did not take the entry: free it, and its charge.
+            drop(unsafe { Entry::from_raw(raw_entry) });
             return Err(CacheError::Internal("could not store the entry"));
         }
         // SAFETY: the key now holds a value.

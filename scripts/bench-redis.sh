@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# make bench-redis: nscache side by side with plain Redis and the Lua script a user
+# would write instead, on one private redis-server, pipelined (redis-benchmark
+# -P 16 -c 50). Appends a dated section to bench/RESULTS.md.
+#
+# Knobs: BENCH_REQUESTS (default 2000000), BENCH_KEYS (100000),
+# BENCH_INVALIDATE_KEYS (1000000), BENCH_VALUE_BYTES (64).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODULE=${NSCACHE_MODULE:-$ROOT/target/release/libnscache.so}
+REQUESTS=${BENCH_REQUESTS:-2000000}
+KEYS=${BENCH_KEYS:-100000}
+BIG=${BENCH_INVALIDATE_KEYS:-1000000}
+VALUE_BYTES=${BENCH_VALUE_BYTES:-64}
+RESULTS=$ROOT/bench/RESULTS.md
+WORK=$(mktemp -d /tmp/cachetx-bench.XXXXXX)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+REDIS_PID=""
+
+cleanup() {
+    [ -n "$REDIS_PID" ] && { kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; }
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+[ -f "$MODULE" ] || { echo "module not built: $MODULE (run: make build)" >&2; exit 1; }
+redis-server --port "$PORT" --bind 127.0.0.1 --dir "$WORK" --save "" --appendonly no \
+    --loadmodule "$MODULE" --logfile "$WORK/redis.log" &
+REDIS_PID=$!
+rc() { redis-cli -p "$PORT" "$@"; }
+for _ in $(seq 100); do rc ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+VALUE=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' v)
+BENCH=(redis-benchmark -p "$PORT" -P 16 -c 50 -n "$REQUESTS" -r "$KEYS" -q)
+
+# Loads inline commands produced by awk through redis-cli --pipe.
+pipe_load() { awk "$1" | rc --pipe >/dev/null; }
+
+rps() { # runs one redis-benchmark command, prints requests per second
+    "${BENCH[@]}" "$@" 2>/dev/null | tr '\r' '\n' | awk '/requests per second/ {for (i=1;i<=NF;i++) if ($(i+1) ~ /^requests/) v=$i} END {print v+0}'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+used_memory() { rc info memory | tr -d '\r' | awk -F: '/^used_memory:/ {print $2}'; }
+cmd_usec() { rc info commandstats | tr -d '\r' | awk -F'[=,:]' -v c="cmdstat_$1" '$1 == c {print $5}'; }
+
+# redis-benchmark's __rand_int__ is a 12-digit zero-padded number: preload the same names.
+echo "==> preloading $KEYS keys (plain strings and nscache entries)"
+pipe_load "BEGIN { for (i = 0; i < $KEYS; i++) printf \"SET key:%012d $VALUE EX 3600\r\n\", i }"
+pipe_load "BEGIN { for (i = 0; i < $KEYS; i++) printf \"NSCACHE.SET bench %012d 3600 $VALUE\r\n\", i }"
+
+LUA='local v = redis.call("GET", KEYS[1])
+if v then redis.call("HINCRBY", KEYS[2], "hits", 1) else redis.call("HINCRBY", KEYS[2], "misses", 1) end
+redis.call("ZINCRBY", KEYS[3], 1, ARGV[1])
+return v'
+SHA=$(rc script load "$LUA")
+
+echo "==> throughput ($REQUESTS requests, -P 16 -c 50)"
+get_plain=$(rps GET key:__rand_int__)
+get_ns=$(rps NSCACHE.GET bench __rand_int__)
+get_lua=$(rps EVALSHA "$SHA" 3 key:__rand_int__ stats:bench hot:bench __rand_int__)
+set_plain=$(rps SET key:__rand_int__ "$VALUE" EX 3600)
+set_ns=$(rps NSCACHE.SET bench __rand_int__ 3600 "$VALUE")
+ns_stats=$(rc nscache.stats bench json)
+
+echo "==> NSCACHE.INVALIDATE of $BIG entries vs SCAN MATCH + UNLINK"
+rc flushall >/dev/null
+pipe_load "BEGIN { for (i = 0; i < $BIG; i++) printf \"NSCACHE.SET big %d 3600 $VALUE\r\n\", i }"
+rc config resetstat >/dev/null
+rc nscache.invalidate big >/dev/null
+inv_usec=$(cmd_usec nscache.invalidate)
+# Wait for the background sweep to give the memory back before the next step.
+for _ in $(seq 600); do
+    rc info nscache | tr -d '\r' | grep -q '^nscache_sweep_pending:0' && [ "$(rc dbsize)" = 0 ] && break
+    sleep 0.1
+done
+pipe_load "BEGIN { for (i = 0; i < $BIG; i++) printf \"SET plain:{%d} $VALUE EX 3600\r\n\", i }"
+rc config resetstat >/dev/null
+scan_start=$(date +%s%N)
+rc --scan --pattern 'plain:*' | xargs -d '\n' -n 1000 redis-cli -p "$PORT" unlink >/dev/null
+scan_wall_ms=$(( ($(date +%s%N) - scan_start) / 1000000 ))
+scan_usec=$(( $(cmd_usec scan || echo 0) + $(cmd_usec unlink || echo 0) ))
+
+echo "==> memory per entry ($BIG entries, ${VALUE_BYTES}-byte values, ttl set)"
+rc flushall >/dev/null; sleep 0.5
+m0=$(used_memory)
+pipe_load "BEGIN { for (i = 0; i < $BIG; i++) printf \"SET mem:{%d} $VALUE EX 3600\r\n\", i }"
+m1=$(used_memory)
+rc flushall >/dev/null; sleep 0.5
+m2=$(used_memory)
+pipe_load "BEGIN { for (i = 0; i < $BIG; i++) printf \"NSCACHE.SET mem %d 3600 $VALUE\r\n\", i }"
+m3=$(used_memory)
+plain_per=$(( (m1 - m0) / BIG ))
+ns_per=$(( (m3 - m2) / BIG ))
+ns_bytes_stat=$(rc nscache.stats mem json | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes"])')
+
+redis_version=$(rc info server | tr -d '\r' | awk -F: '/^redis_version:/ {print $2}')
+cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+check() { awk -v v="$1" -v t="$2" -v dir="$3" 'BEGIN { ok = (dir == ">=") ? (v >= t) : (v <= t); print ok ? "met" : "**missed**" }'; }
+
+mkdir -p "$(dirname "$RESULTS")"
+[ -f "$RESULTS" ] || printf '# Benchmark results\n\nAppended by `make bench-redis` and `make bench-pg`; newest last.\n' > "$RESULTS"
+{
+    echo
+    echo "## nscache, $(date -u +%Y-%m-%dT%H:%MZ) (commit $commit)"
+    echo
+    echo "Machine: $(nproc) cores ($cpu), $mem RAM, redis-server $redis_version, loopback."
+    echo "Load: \`redis-benchmark -P 16 -c 50 -n $REQUESTS -r $KEYS\`, $KEYS preloaded keys, ${VALUE_BYTES}-byte values;"
+    echo "client and server share the machine's cores."
+    echo
+    echo "| measure | plain Redis | nscache | Lua alternative | nscache / plain | nscache / Lua | target (SPEC 6) |"
+    echo "|---|---|---|---|---|---|---|"
+    echo "| GET, req/s | $get_plain | $get_ns | $get_lua | $(ratio "$get_ns" "$get_plain") | $(ratio "$get_ns" "$get_lua") | ≥ 0.85× plain: $(check "$(ratio "$get_ns" "$get_plain")" 0.85 '>='); ≥ 3× Lua: $(check "$(ratio "$get_ns" "$get_lua")" 3 '>=') |"
+    echo "| SET with ttl, req/s | $set_plain | $set_ns | | $(ratio "$set_ns" "$set_plain") | | ≥ 0.85×: $(check "$(ratio "$set_ns" "$set_plain")" 0.85 '>=') |"
+    echo "| invalidate $BIG entries, server time | SCAN+UNLINK: ${scan_usec} µs in server, ${scan_wall_ms} ms wall | INVALIDATE: ${inv_usec} µs | | | | < 1000 µs: $(check "$inv_usec" 1000 '<=') |"
+    echo "| memory per entry (used_memory delta) | $plain_per B | $ns_per B | | +$(( ns_per - plain_per )) B | | ≤ +32 B: $(check $(( ns_per - plain_per )) 32 '<=') |"
+    echo
+    echo "The Lua alternative is \`EVALSHA\` of GET + HINCRBY of a stats hash + ZINCRBY of a hot-key"
+    echo "sorted set. nscache ran with every statistic on (counters, top-K, both latency histograms)."
+    echo "\`bytes\` reported by nscache for the $BIG-entry namespace: $ns_bytes_stat ($(( ns_bytes_stat / BIG )) B per entry, as MEMORY USAGE counts a key)."
+    echo
+    echo "Server-side stats of the GET run: \`$ns_stats\`"
+} | tee -a "$RESULTS"
