@@ -126,11 +126,14 @@ fn elapsed_ns(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Whether this node may change its keyspace on its own (not a replica, not
-/// loading): lazy reclaim must not make a replica diverge from its primary.
+/// Whether a read may delete the stale entry it found: not on a replica (it
+/// would diverge from its primary), not while loading, and not inside a script
+/// (which may be read-only); the background sweep reclaims those instead.
 fn may_reclaim(ctx: &Context) -> bool {
     let flags = ctx.get_flags();
-    !flags.contains(ContextFlags::SLAVE) && !flags.contains(ContextFlags::LOADING)
+    !flags.contains(ContextFlags::SLAVE)
+        && !flags.contains(ContextFlags::LOADING)
+        && !flags.contains(ContextFlags::LUA)
 }
 
 /// `NSCACHE.SET prefix key ttl value [NX|XX]`

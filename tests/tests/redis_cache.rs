@@ -451,6 +451,43 @@ fn counts_follow_flushall_swapdb_rename_and_plain_keys() {
         .query(&mut conn)
         .expect("RENAME");
     assert_eq!(stats(&mut conn, "f").entries, 10);
+    assert_eq!(
+        get(&mut conn, "f", "moved").as_deref(),
+        Some("v"),
+        "a renamed entry answers under its new name"
+    );
+    let copied: i64 = redis::cmd("COPY")
+        .arg("f:{key4}")
+        .arg("f:{copy}")
+        .query(&mut conn)
+        .expect("COPY");
+    assert_eq!(copied, 1);
+    assert_eq!(get(&mut conn, "f", "copy").as_deref(), Some("v"));
+    let s = stats(&mut conn, "f");
+    let usage: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg("f:{copy}")
+        .query(&mut conn)
+        .expect("MEMORY USAGE");
+    assert_eq!(
+        (s.entries, s.bytes),
+        (11, bytes + usage as u64),
+        "COPY charges the copy"
+    );
+    // Inside a script a stale read is a miss and leaves reclaiming to the sweep.
+    let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
+        .arg("f")
+        .query(&mut conn)
+        .expect("INVALIDATE");
+    let scripted: Option<String> = redis::cmd("EVAL")
+        .arg("return redis.call('NSCACHE.GET', 'f', 'key5')")
+        .arg(0)
+        .query(&mut conn)
+        .expect("EVAL");
+    assert_eq!(scripted, None);
+    wait_until(Duration::from_secs(10), "sweep after INVALIDATE", || {
+        stats(&mut conn, "f").entries == 0
+    });
     let _: () = redis::cmd("FLUSHDB").query(&mut conn).expect("FLUSHDB");
     assert_eq!(
         (stats(&mut conn, "f").entries, stats(&mut conn, "f").bytes),
