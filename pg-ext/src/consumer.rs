@@ -26,6 +26,7 @@ use pgrx::JsonB;
 
 use crate::backoff;
 use crate::error::{TxEventsError, TxResult};
+use crate::plans;
 use crate::snapshot::Snapshot;
 use crate::validate;
 
@@ -87,7 +88,8 @@ fn create_consumer(
             Some(xid) => snapshot.with_running(xid),
             None => snapshot,
         };
-        let inserted = client.update(
+        let inserted = plans::execute(
+            client,
             "INSERT INTO txevents.consumers
                  (name, event_types, max_attempts, backoff_base, backoff_max, done_snapshot)
              VALUES ($1, $2, $3, $4, $5, $6::pg_snapshot)
@@ -116,7 +118,8 @@ fn txevents_drop_consumer(name: Option<&str>) {
     let run = || -> TxResult<()> {
         let name = name.ok_or(TxEventsError::NullArgument("name"))?;
         Spi::connect_mut(|client| {
-            let deleted = client.update(
+            let deleted = plans::execute(
+                client,
                 "DELETE FROM txevents.consumers WHERE name = $1 RETURNING 1",
                 None,
                 &[name.into()],
@@ -181,7 +184,8 @@ struct Group {
 }
 
 fn lock_group(client: &mut SpiClient<'_>, name: &str) -> TxResult<Group> {
-    let table = client.update(
+    let table = plans::execute(
+        client,
         "SELECT event_types, max_attempts, done_snapshot::text, range_snapshot::text,
                 range_txid::text, range_id
            FROM txevents.consumers WHERE name = $1 FOR UPDATE",
@@ -222,13 +226,15 @@ fn shrink_claim(
         .map(|i| attempts.get(i).copied().unwrap_or(1))
         .collect();
     if kept_ids.is_empty() {
-        client.update(
+        plans::execute(
+            client,
             "DELETE FROM txevents.claims WHERE id = $1",
             None,
             &[claim.into()],
         )?;
     } else {
-        client.update(
+        plans::execute(
+            client,
             "UPDATE txevents.claims SET event_ids = $2, attempts = $3 WHERE id = $1",
             None,
             &[claim.into(), kept_ids.into(), kept_attempts.into()],
@@ -247,7 +253,8 @@ fn dead_letter(
     if ids.is_empty() {
         return Ok(());
     }
-    client.update(
+    plans::execute(
+        client,
         "INSERT INTO txevents.dead (consumer, event_id, attempts, last_error, failed_at)
          SELECT $1, e, a, $4, clock_timestamp() FROM unnest($2::bigint[], $3::int[]) AS u(e, a)
          ON CONFLICT (consumer, event_id) DO UPDATE
@@ -282,7 +289,8 @@ fn poll(
         let mut attempts: Vec<i32> = Vec::with_capacity(want);
 
         // 1. Expired claims: the worker died or is too slow; offer again, attempt + 1.
-        let expired = client.update(
+        let expired = plans::execute(
+            client,
             "SELECT id, event_ids, attempts FROM txevents.claims
               WHERE consumer = $1 AND lease_until < clock_timestamp()
               ORDER BY lease_until, id FOR UPDATE",
@@ -325,7 +333,8 @@ fn poll(
 
         // 2. Retries that are due.
         if ids.len() < want {
-            let due = client.update(
+            let due = plans::execute(
+                client,
                 "DELETE FROM txevents.retries r
                   WHERE r.consumer = $1 AND r.event_id IN (
                         SELECT event_id FROM txevents.retries
@@ -355,12 +364,13 @@ fn poll(
         while ids.len() < want {
             let fresh = group.range.is_none();
             if fresh {
-                let snap: Option<String> = client
-                    .select("SELECT pg_current_snapshot()::text", Some(1), &[])?
-                    .first()
-                    .get(1)?;
+                let snap: Option<String> =
+                    plans::execute(client, "SELECT pg_current_snapshot()::text", Some(1), &[])?
+                        .first()
+                        .get(1)?;
                 group.range = snap;
-                group.pos_txid = "0".to_string();
+                // Every transaction below the done snapshot's xmin is visible in it.
+                group.pos_txid = xmin_of(&group.done).to_string();
                 group.pos_id = 0;
             }
             let Some(range) = group.range.clone() else {
@@ -375,15 +385,17 @@ fn poll(
                 group.event_types.clone().into(),
                 (room as i64).into(),
             ];
-            let rows = client.select(
-                "SELECT id, txid::text FROM txevents.outbox
-                  WHERE txid >= pg_snapshot_xmin($1::pg_snapshot)
-                    AND txid < pg_snapshot_xmax($2::pg_snapshot)
-                    AND pg_visible_in_snapshot(txid, $2::pg_snapshot)
-                    AND NOT pg_visible_in_snapshot(txid, $1::pg_snapshot)
-                    AND (txid, id) > ($3::xid8, $4::bigint)
-                    AND ($5::text[] IS NULL OR event_type = ANY($5::text[]))
-                  ORDER BY txid, id LIMIT $6",
+            let rows = plans::execute(
+                client,
+                // Ordered by the (txid, id) index from the position on; the output
+                // column must not be named txid, or ORDER BY would sort the text.
+                "SELECT o.id, o.txid::text AS txid_text FROM txevents.outbox o
+                  WHERE (o.txid, o.id) > ($3::xid8, $4::bigint)
+                    AND o.txid < pg_snapshot_xmax($2::pg_snapshot)
+                    AND pg_visible_in_snapshot(o.txid, $2::pg_snapshot)
+                    AND NOT pg_visible_in_snapshot(o.txid, $1::pg_snapshot)
+                    AND ($5::text[] IS NULL OR o.event_type = ANY($5::text[]))
+                  ORDER BY o.txid, o.id LIMIT $6",
                 None,
                 &args,
             )?;
@@ -420,7 +432,8 @@ fn poll(
         if state_changed {
             let range_txid = group.range.as_ref().map(|_| group.pos_txid.clone());
             let range_id = group.range.as_ref().map(|_| group.pos_id);
-            client.update(
+            plans::execute(
+                client,
                 "UPDATE txevents.consumers
                     SET done_snapshot = $2::pg_snapshot, range_snapshot = $3::pg_snapshot,
                         range_txid = $4::xid8, range_id = $5
@@ -439,7 +452,8 @@ fn poll(
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        client.update(
+        plans::execute(
+            client,
             "INSERT INTO txevents.claims (consumer, event_ids, attempts, lease_until)
              VALUES ($1, $2, $3, clock_timestamp() + $4)",
             None,
@@ -450,7 +464,8 @@ fn poll(
                 lease.into(),
             ],
         )?;
-        let table = client.select(
+        let table = plans::execute(
+            client,
             "SELECT o.id, o.event_type, o.aggregate_type, o.aggregate_id, o.payload, o.headers,
                     o.occurred_at, b.attempt
                FROM unnest($1::bigint[], $2::int[]) WITH ORDINALITY AS b(id, attempt, ord)
@@ -478,8 +493,9 @@ fn poll(
     })
 }
 
-fn require_group(client: &SpiClient<'_>, consumer: &str) -> TxResult<()> {
-    let found = client.select(
+fn require_group(client: &mut SpiClient<'_>, consumer: &str) -> TxResult<()> {
+    let found = plans::execute(
+        client,
         "SELECT 1 FROM txevents.consumers WHERE name = $1",
         Some(1),
         &[consumer.into()],
@@ -568,7 +584,8 @@ fn nack(
         validate::retry_after(micros)?;
     }
     Spi::connect_mut(|client| {
-        let table = client.select(
+        let table = plans::execute(
+            client,
             "SELECT max_attempts,
                     (extract(epoch FROM backoff_base) * 1000000)::bigint,
                     (extract(epoch FROM backoff_max) * 1000000)::bigint
@@ -583,7 +600,8 @@ fn nack(
         let base: i64 = row.get(2)?.unwrap_or(0);
         let cap: i64 = row.get(3)?.unwrap_or(0);
 
-        let claim = client.update(
+        let claim = plans::execute(
+            client,
             "SELECT id, event_ids, attempts FROM txevents.claims
               WHERE consumer = $1 AND event_ids @> ARRAY[$2::bigint]
               ORDER BY id LIMIT 1 FOR UPDATE",
@@ -621,7 +639,7 @@ fn nack(
                 backoff::delay_micros(attempt.max(1) as u32, base, cap, random)
             }
         };
-        client.update(
+        plans::execute(client,
             "INSERT INTO txevents.retries (consumer, event_id, attempts, next_attempt_at, last_error)
              VALUES ($1, $2, $3, clock_timestamp() + ($4::float8 * interval '1 microsecond'), $5)
              ON CONFLICT (consumer, event_id) DO UPDATE
@@ -688,7 +706,8 @@ fn txevents_prune(older_than: Option<Interval>) -> i64 {
         Spi::connect_mut(|client| {
             // Rows of prepared transactions whose COMMIT PREPARED ran without the
             // library loaded: their GID is no longer prepared.
-            client.update(
+            plans::execute(
+                client,
                 "DELETE FROM txevents.prepared_notify p
                   WHERE NOT EXISTS (SELECT 1 FROM pg_prepared_xacts x WHERE x.gid = p.gid)",
                 None,

@@ -549,3 +549,59 @@ fn bad_consumer_arguments_raise_specific_sqlstates_and_write_nothing() {
         .expect("drop");
     assert_eq!(count(&mut c, "SELECT count(*) FROM txevents.claims"), 0);
 }
+
+#[test]
+fn delivery_order_is_numeric_across_a_decimal_digit_boundary_of_txids() {
+    let db = pg().create_db("delivery_order_is_numeric_across_txids");
+    let mut c = db.connect();
+    create(&mut c, "'g'");
+    // Burn transaction ids up to just below the next power of ten, so the events'
+    // txids straddle e.g. 9999 / 10000, where text order and numeric order differ.
+    let current: i64 = c
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .expect("xid")
+        .get(0);
+    let mut boundary = 10_i64;
+    while boundary <= current + 600 {
+        boundary *= 10;
+    }
+    let burn = boundary - current - 500;
+    assert!(burn < 5_000_000, "xid {current} too far from {boundary}");
+    c.batch_execute(&format!(
+        "DO $$ BEGIN FOR i IN 1..{burn} LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$"
+    ))
+    .expect("burn xids");
+    c.batch_execute(
+        "DO $$ BEGIN FOR i IN 1..1000 LOOP PERFORM txevents.emit('tick'); COMMIT; END LOOP; END $$",
+    )
+    .expect("one event per transaction");
+    let (first, last): (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT min(txid::text::bigint), max(txid::text::bigint) FROM txevents.outbox",
+                &[],
+            )
+            .expect("txids");
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        first < boundary && last >= boundary,
+        "{first}..{last} vs {boundary}"
+    );
+    let expected: Vec<i64> = c
+        .query("SELECT id FROM txevents.outbox ORDER BY id", &[])
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut got = Vec::new();
+    loop {
+        let batch = polled_ids(&poll(&mut c, "g", 7, "30s"));
+        if batch.is_empty() {
+            break;
+        }
+        ack(&mut c, "g", &batch);
+        got.extend(batch);
+    }
+    assert_eq!(got, expected);
+}
