@@ -1,29 +1,16 @@
 //! `txevents.emit`, `invalidate`, `invalidate_namespace` and `get`: write an event into
 //! the outbox and queue its NOTIFY; read one back as an envelope.
 
-use std::cell::RefCell;
-
 use cachetx_shared::{
     notify::encode_for_envelope, validate_prefix, CacheInvalidation, Envelope, InvalidationScope,
     Timestamp, FORMAT_VERSION, INVALIDATE_EVENT_TYPE,
 };
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{JsonB, PgBuiltInOids, PgOid};
+use pgrx::JsonB;
 
 use crate::error::{TxEventsError, TxResult};
 use crate::guc::{self, NotifyMode};
-use crate::{notify, validate};
-
-const INSERT: &str = "INSERT INTO txevents.outbox \
-     (event_type, aggregate_type, aggregate_id, payload, headers, occurred_at) \
-     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
-
-thread_local! {
-    // Planned once per backend: emit sits on the hot path of every transaction
-    // that uses it, and re-planning the INSERT would cost more than running it.
-    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
-}
+use crate::{notify, outbox, validate};
 
 /// Emits one event in the current transaction and returns its id.
 #[pg_extern(name = "emit", security_definer)]
@@ -70,19 +57,17 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
         NotifyMode::Off => None,
     };
 
-    // SAFETY: plain function returning the statement's timestamp source.
+    // SAFETY: plain function returning the current time.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let id = insert(
+    let (id, txid) = outbox::insert(outbox::Row {
         event_type,
-        event.aggregate_type,
-        event.aggregate_id,
-        &payload,
-        &headers,
-        now,
-    )?;
+        aggregate_type: event.aggregate_type,
+        aggregate_id: event.aggregate_id,
+        payload: JsonB(serde_json::Value::Object(payload.clone())),
+        headers: JsonB(serde_json::Value::Object(headers.clone())),
+        occurred_at: now,
+    })?;
     if let Some(channel) = channel {
-        // SAFETY: the INSERT above assigned the transaction id.
-        let txid = unsafe { pg_sys::GetTopFullTransactionId() }.value;
         let envelope = Envelope {
             v: FORMAT_VERSION,
             id,
@@ -97,43 +82,6 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
         notify::queue(channel, encode_for_envelope(&envelope))?;
     }
     Ok(id)
-}
-
-fn insert(
-    event_type: &str,
-    aggregate_type: Option<&str>,
-    aggregate_id: Option<&str>,
-    payload: &serde_json::Map<String, serde_json::Value>,
-    headers: &serde_json::Map<String, serde_json::Value>,
-    occurred_at: i64,
-) -> TxResult<i64> {
-    let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
-    let jsonb = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
-    let tstz = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
-    Spi::connect_mut(|client| {
-        INSERT_PLAN.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            if cached.is_none() {
-                let plan = client.prepare_mut(INSERT, &[text, text, text, jsonb, jsonb, tstz])?;
-                *cached = Some(plan.keep());
-            }
-            let Some(plan) = cached.as_ref() else {
-                return Err(TxEventsError::Internal("insert plan missing".into()));
-            };
-            // SAFETY: an i64 datum is a timestamptz (microseconds since 2000).
-            let occurred_at = unsafe { pgrx::datum::DatumWithOid::new(occurred_at, tstz.value()) };
-            let args = [
-                event_type.into(),
-                aggregate_type.into(),
-                aggregate_id.into(),
-                JsonB(serde_json::Value::Object(payload.clone())).into(),
-                JsonB(serde_json::Value::Object(headers.clone())).into(),
-                occurred_at,
-            ];
-            let id: Option<i64> = client.update(plan, Some(1), &args)?.first().get_one()?;
-            id.ok_or_else(|| TxEventsError::Internal("INSERT returned no id".into()))
-        })
-    })
 }
 
 /// Emits a `cache.invalidate` event for `keys` of namespace `prefix` (SPEC 3.1).

@@ -13,6 +13,7 @@ mod emit;
 mod error;
 mod guc;
 mod notify;
+mod outbox;
 mod plans;
 mod snapshot;
 mod validate;

@@ -159,6 +159,21 @@ fn large_events_are_references_that_get_resolves() {
     };
     assert_eq!(get(&mut c, small).as_ref(), Some(inline));
     assert_eq!(get(&mut c, 999_999), None);
+
+    // A payload too large for a heap page is stored out of line and read back whole.
+    let (huge, expected): (i64, String) = {
+        let r = c
+            .query_one(
+                "WITH body AS (SELECT string_agg(md5(i::text), '') AS b FROM generate_series(1, 20000) i)
+                 SELECT txevents.emit('huge.one', jsonb_build_object('b', b)), b FROM body",
+                &[],
+            )
+            .expect("emit huge");
+        (r.get(0), r.get(1))
+    };
+    let envelope = get(&mut c, huge).expect("huge event");
+    assert_eq!(envelope.payload["b"].as_str(), Some(expected.as_str()));
+    assert!(matches!(&listener.drain(QUIET)[..], [NotifyPayload::Ref { id, .. }] if *id == huge));
 }
 
 #[test]
