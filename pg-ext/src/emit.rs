@@ -10,6 +10,7 @@ use pgrx::JsonB;
 
 use crate::error::{TxEventsError, TxResult};
 use crate::guc::{self, NotifyMode};
+use crate::jsonb::RawJsonb;
 use crate::{notify, outbox, validate};
 
 /// Emits one event in the current transaction and returns its id.
@@ -17,17 +18,17 @@ use crate::{notify, outbox, validate};
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 fn txevents_emit(
     event_type: Option<&str>,
-    payload: default!(Option<JsonB>, "'{}'"),
+    payload: default!(Option<RawJsonb>, "'{}'"),
     aggregate_type: default!(Option<&str>, "NULL"),
     aggregate_id: default!(Option<&str>, "NULL"),
-    headers: default!(Option<JsonB>, "'{}'"),
+    headers: default!(Option<RawJsonb>, "'{}'"),
 ) -> i64 {
     let event = NewEvent {
         event_type,
-        payload: payload.map(|j| j.0),
+        payload: payload.map(Json::Raw),
         aggregate_type,
         aggregate_id,
-        headers: headers.map(|j| j.0),
+        headers: headers.map(Json::Raw),
     };
     emit(event).unwrap_or_else(|e| e.raise())
 }
@@ -37,20 +38,75 @@ pub struct NewEvent<'a> {
     /// `<aggregate>.<what happened>`, e.g. `candidate.created`.
     pub event_type: Option<&'a str>,
     /// The event body; a JSON object.
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<Json>,
     /// Kind of the entity the event is about.
     pub aggregate_type: Option<&'a str>,
     /// Id of that entity.
     pub aggregate_id: Option<&'a str>,
     /// Metadata (trace ids, actor); a JSON object.
-    pub headers: Option<serde_json::Value>,
+    pub headers: Option<Json>,
+}
+
+/// A JSON argument: as SQL passed it, or built in Rust.
+pub enum Json {
+    /// A `jsonb` datum, stored as it came.
+    Raw(RawJsonb),
+    /// A value built by the extension (e.g. an invalidation payload).
+    Value(serde_json::Value),
+}
+
+/// A JSON argument checked to be an object.
+struct CheckedObject {
+    json: Json,
+}
+
+impl CheckedObject {
+    fn new(field: &'static str, raw: Option<Json>) -> TxResult<Self> {
+        match raw {
+            None => Err(TxEventsError::NullArgument(field)),
+            Some(Json::Raw(raw)) if raw.is_object() => Ok(CheckedObject {
+                json: Json::Raw(raw),
+            }),
+            // The slow path, only to name what was passed instead.
+            Some(Json::Raw(raw)) => {
+                validate::object(field, Some(raw.to_value())).map(|m| CheckedObject {
+                    json: Json::Value(serde_json::Value::Object(m)),
+                })
+            }
+            Some(Json::Value(v)) => validate::object(field, Some(v)).map(|m| CheckedObject {
+                json: Json::Value(serde_json::Value::Object(m)),
+            }),
+        }
+    }
+
+    /// The datum to store.
+    fn datum(&self) -> TxResult<pgrx::pg_sys::Datum> {
+        match &self.json {
+            Json::Raw(raw) => Ok(raw.detoasted()),
+            Json::Value(v) => JsonB(v.clone())
+                .into_datum()
+                .ok_or_else(|| TxEventsError::Internal("jsonb conversion failed".into())),
+        }
+    }
+
+    /// The object as serde, for the envelope.
+    fn into_map(self) -> serde_json::Map<String, serde_json::Value> {
+        let value = match self.json {
+            Json::Raw(raw) => raw.to_value(),
+            Json::Value(v) => v,
+        };
+        match value {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
 }
 
 /// Validates, inserts and queues the NOTIFY of one event.
 pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
     let event_type = validate::event_type(event.event_type)?;
-    let payload = validate::object("payload", event.payload)?;
-    let headers = validate::object("headers", event.headers)?;
+    let payload = CheckedObject::new("payload", event.payload)?;
+    let headers = CheckedObject::new("headers", event.headers)?;
     let notify_mode = guc::NOTIFY.get();
     let channel = match notify_mode {
         NotifyMode::Commit => Some(notify::check_channel(&guc::channel()?)?),
@@ -63,8 +119,8 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
         event_type,
         aggregate_type: event.aggregate_type,
         aggregate_id: event.aggregate_id,
-        payload: JsonB(serde_json::Value::Object(payload.clone())),
-        headers: JsonB(serde_json::Value::Object(headers.clone())),
+        payload: payload.datum()?,
+        headers: headers.datum()?,
         occurred_at: now,
     })?;
     if let Some(channel) = channel {
@@ -74,8 +130,8 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
             event_type: event_type.to_string(),
             aggregate_type: event.aggregate_type.map(str::to_string),
             aggregate_id: event.aggregate_id.map(str::to_string),
-            payload,
-            headers,
+            payload: payload.into_map(),
+            headers: headers.into_map(),
             occurred_at: Timestamp::from_postgres_micros(now),
             txid: Some(txid),
         };
@@ -134,10 +190,12 @@ fn invalidation(
 fn emit_invalidation(invalidation: CacheInvalidation) -> TxResult<i64> {
     emit(NewEvent {
         event_type: Some(INVALIDATE_EVENT_TYPE),
-        payload: Some(invalidation.to_value()),
+        payload: Some(Json::Value(invalidation.to_value())),
         aggregate_type: None,
         aggregate_id: None,
-        headers: Some(serde_json::Value::Object(serde_json::Map::new())),
+        headers: Some(Json::Value(serde_json::Value::Object(
+            serde_json::Map::new(),
+        ))),
     })
 }
 

@@ -12,6 +12,7 @@ mod consumer;
 mod emit;
 mod error;
 mod guc;
+mod jsonb;
 mod notify;
 mod outbox;
 mod plans;

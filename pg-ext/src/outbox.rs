@@ -11,7 +11,7 @@
 use std::ffi::CStr;
 
 use pgrx::pg_sys;
-use pgrx::{IntoDatum, JsonB};
+use pgrx::IntoDatum;
 
 use crate::error::{TxEventsError, TxResult};
 
@@ -28,8 +28,10 @@ pub struct Row<'a> {
     pub event_type: &'a str,
     pub aggregate_type: Option<&'a str>,
     pub aggregate_id: Option<&'a str>,
-    pub payload: JsonB,
-    pub headers: JsonB,
+    /// A non-null jsonb datum.
+    pub payload: pg_sys::Datum,
+    /// A non-null jsonb datum.
+    pub headers: pg_sys::Datum,
     /// `timestamptz` microseconds since 2000-01-01.
     pub occurred_at: i64,
 }
@@ -74,8 +76,8 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
             row.event_type.into_datum(),
             row.aggregate_type.into_datum(),
             row.aggregate_id.into_datum(),
-            row.payload.into_datum(),
-            row.headers.into_datum(),
+            Some(row.payload),
+            Some(row.headers),
             Some(pg_sys::Datum::from(row.occurred_at)),
             Some(pg_sys::Datum::from(txid)),
         ];

@@ -1,0 +1,85 @@
+//! `RawJsonb`: a `jsonb` argument kept as the Postgres datum.
+//!
+//! pgrx's `JsonB` turns every argument into text and then into a `serde_json::Value`,
+//! and back into text and `jsonb` for the INSERT. `emit` only needs to know that the
+//! value is an object and to store it as it came; it parses it only when a NOTIFY
+//! payload has to be built (and to describe a wrong value in an error message).
+
+use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::nullable::Nullable;
+use pgrx::{pg_sys, FromDatum};
+
+/// `JsonbContainer.header` flag of an object root (utils/jsonb.h).
+const JB_FOBJECT: u32 = 0x2000_0000;
+
+/// A non-null `jsonb` datum, detoasted on first use.
+pub struct RawJsonb(pg_sys::Datum);
+
+impl FromDatum for RawJsonb {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null || datum.is_null() {
+            None
+        } else {
+            Some(RawJsonb(datum))
+        }
+    }
+}
+
+// SAFETY: unboxes through FromDatum exactly as pgrx's own types do.
+unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        // SAFETY: the caller guarantees a jsonb argument.
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        // SAFETY: as above.
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+pgrx::impl_sql_translatable!(RawJsonb, arg_only = "jsonb");
+
+impl RawJsonb {
+    /// The value as a plain (detoasted, 4-byte header) varlena datum.
+    pub fn detoasted(&self) -> pg_sys::Datum {
+        // SAFETY: a jsonb datum points to a varlena; detoasting returns it as is
+        // when it is already plain, or a palloc'd copy.
+        unsafe { pg_sys::Datum::from(pg_sys::pg_detoast_datum(self.0.cast_mut_ptr())) }
+    }
+
+    /// Whether the root of the value is an object.
+    pub fn is_object(&self) -> bool {
+        let datum = self.detoasted();
+        // SAFETY: a plain jsonb varlena is a 4-byte length word followed by the root
+        // JsonbContainer, whose first field is the u32 header.
+        let header = unsafe {
+            datum
+                .cast_mut_ptr::<u8>()
+                .add(pg_sys::VARHDRSZ)
+                .cast::<u32>()
+                .read_unaligned()
+        };
+        header & JB_FOBJECT != 0
+    }
+
+    /// The value parsed into serde (through its text form).
+    pub fn to_value(&self) -> serde_json::Value {
+        // SAFETY: jsonb_out of a valid jsonb datum returns a palloc'd C string.
+        let text = unsafe {
+            pgrx::direct_function_call::<&core::ffi::CStr>(
+                pg_sys::jsonb_out,
+                &[Some(self.detoasted())],
+            )
+        };
+        text.and_then(|t| t.to_str().ok())
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
