@@ -81,16 +81,27 @@ pub fn parse_set_options<'a>(rest: impl Iterator<Item = &'a [u8]>) -> CacheResul
     Ok(options)
 }
 
-/// Renders client bytes for an error message: at most 32 chars, no control bytes
-/// (an error reply cannot carry CR, LF or NUL).
+/// Renders client bytes for an error message: at most 32 bytes, as printable
+/// ASCII with everything else written `\xNN`.
 pub fn printable(raw: &[u8]) -> String {
-    let mut out: String = String::from_utf8_lossy(raw)
-        .chars()
-        .take(32)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let shown = &raw[..raw.len().min(32)];
+    let mut out = ascii_escape(shown);
     if raw.len() > 32 {
-        out.push('…');
+        out.push_str("...");
+    }
+    out
+}
+
+/// Escapes bytes to printable ASCII (`\xNN` for the rest): safe in a RESP error
+/// line and in a C string.
+pub fn ascii_escape(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for &b in raw {
+        if (0x20..0x7f).contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
     }
     out
 }
@@ -131,6 +142,13 @@ mod tests {
     }
 
     #[test]
+    fn escaping_leaves_only_printable_ascii() {
+        // U+4E00 encodes as e4 b8 80; a char-to-byte cast would have made a NUL.
+        assert_eq!(ascii_escape("a一\0%".as_bytes()), "a\\xe4\\xb8\\x80\\x00%");
+        assert_eq!(printable(&[b'x'; 40]), format!("{}...", "x".repeat(32)));
+    }
+
+    #[test]
     fn set_options_parse_nx_xx_case_insensitively() {
         let parse = |words: &[&[u8]]| parse_set_options(words.iter().copied());
         assert_eq!(parse(&[]).map(|o| o.condition), Ok(SetCondition::Always));
@@ -152,7 +170,7 @@ mod tests {
         );
         assert_eq!(
             parse(&[b"PX\r\n"]),
-            Err(CacheError::UnknownOption("PX??".to_string()))
+            Err(CacheError::UnknownOption("PX\\x0d\\x0a".to_string()))
         );
     }
 }

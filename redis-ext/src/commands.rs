@@ -8,7 +8,7 @@ use cachetx_shared::{
     validate_prefix, CacheInvalidation, Envelope, InvalidationScope, NamespaceStats, StatsReport,
     Timestamp, FORMAT_VERSION, INVALIDATED_EVENT_TYPE,
 };
-use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{raw, Context, ContextFlags, RedisResult, RedisString, RedisValue};
 
 use crate::args::{parse_count, parse_set_options, parse_ttl, SetCondition, MAX_VALUE_LEN};
 use crate::datatype::charge_for;
@@ -22,8 +22,10 @@ use crate::{config, sweeper};
 /// Runs a handler so that a panic becomes an error reply instead of aborting
 /// redis-server (the macro's `extern "C"` wrapper would abort on unwind).
 ///
-/// Errors are turned into replies here, with their own code (`ERR`, `WRONGTYPE`):
-/// the crate's blanket conversion would prefix every message with `ERR`.
+/// Error replies are written here, not by the crate: its conversion prefixes
+/// every message with `ERR` and turns text into a C string with `unwrap()`,
+/// which aborts the server on a NUL byte. Messages are escaped to printable
+/// ASCII first, so no client-supplied byte reaches the wire raw.
 pub fn guarded(
     ctx: &Context,
     args: Vec<RedisString>,
@@ -31,10 +33,29 @@ pub fn guarded(
 ) -> RedisResult {
     match catch_unwind(AssertUnwindSafe(|| handler(ctx, &args))) {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(RedisError::String(err.to_string())),
-        Err(_) => Err(RedisError::Str(
-            "ERR nscache internal error (a bug; details in the server log)",
-        )),
+        Ok(Err(err)) => {
+            reply_error(ctx, &err.to_string());
+            Ok(RedisValue::NoReply)
+        }
+        Err(_) => {
+            reply_error(
+                ctx,
+                "ERR nscache internal error (a bug; details in the server log)",
+            );
+            Ok(RedisValue::NoReply)
+        }
+    }
+}
+
+fn reply_error(ctx: &Context, message: &str) {
+    let escaped = crate::args::ascii_escape(message.as_bytes());
+    // ascii_escape never yields NUL, so this cannot fail; keep a fallback anyway.
+    let text = std::ffi::CString::new(escaped).unwrap_or_else(|_| c"ERR nscache error".to_owned());
+    // SAFETY: a valid C string for the duration of the call.
+    unsafe {
+        if let Some(reply) = raw::RedisModule_ReplyWithError {
+            reply(ctx.ctx, text.as_ptr());
+        }
     }
 }
 
@@ -113,11 +134,20 @@ fn slot<'a>(key: &'a OpenKey, ns: &Namespace, form: KeyForm) -> CacheResult<Slot
     })
 }
 
-fn namespace(prefix: &str) -> CacheResult<&'static Namespace> {
+/// The namespace called `prefix`, created if needed. The cap applies to
+/// clients only: a write that comes from the primary or the AOF already happened
+/// there and must not be dropped here.
+fn namespace(ctx: &Context, prefix: &str) -> CacheResult<&'static Namespace> {
     if let Some(ns) = LAST_NAMESPACE.get().filter(|ns| ns.name() == prefix) {
         return Ok(ns);
     }
-    let ns = registry().get_or_create(prefix, config::max_namespaces(), config::topk())?;
+    let flags = ctx.get_flags();
+    let mut registry = registry();
+    let ns = if flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) {
+        registry.get_or_create_uncapped(prefix, config::topk())
+    } else {
+        registry.get_or_create(prefix, config::max_namespaces(), config::topk())?
+    };
     LAST_NAMESPACE.set(Some(ns));
     Ok(ns)
 }
@@ -127,13 +157,16 @@ fn elapsed_ns(started: Instant) -> u64 {
 }
 
 /// Whether a read may delete the stale entry it found: not on a replica (it
-/// would diverge from its primary), not while loading, and not inside a script
-/// (which may be read-only); the background sweep reclaims those instead.
+/// would diverge from its primary), not while loading, not inside a script
+/// (which may be read-only), and not while writes are paused (CLIENT PAUSE
+/// WRITE, FAILOVER: Redis asserts that nothing is propagated then); the
+/// background sweep reclaims those later.
 fn may_reclaim(ctx: &Context) -> bool {
     let flags = ctx.get_flags();
     !flags.contains(ContextFlags::SLAVE)
         && !flags.contains(ContextFlags::LOADING)
         && !flags.contains(ContextFlags::LUA)
+        && !sweeper::replication_paused()
 }
 
 /// `NSCACHE.SET prefix key ttl value [NX|XX]`
@@ -148,10 +181,12 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         return Err(CacheError::ValueTooLarge(value.len(), MAX_VALUE_LEN));
     }
     let options = parse_set_options(args[5..].iter().map(RedisString::as_slice))?;
-    let ns = namespace(prefix)?;
+    let ns = namespace(ctx, prefix)?;
 
     let key = OpenKey::write(ctx, &target.stored);
-    let live = matches!(slot(&key, ns, target.form)?, Slot::Live(_));
+    let found = slot(&key, ns, target.form)?;
+    let live = matches!(found, Slot::Live(_));
+    let occupied = !matches!(found, Slot::Empty);
     let proceed = match options.condition {
         SetCondition::Always => true,
         SetCondition::IfAbsent => !live,
@@ -166,7 +201,7 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
             charge_for(target.stored.as_slice().len(), value.len()),
         );
         let expire_at = now_ms().saturating_add(ttl * 1000);
-        key.store(entry, expire_at)?;
+        key.store(entry, Some(expire_at), occupied)?;
         drop(key);
         // Replicas and the AOF get the write and then this node's absolute
         // expiry, so a replay does not restart the ttl and DEBUG DIGEST stays
@@ -205,14 +240,14 @@ pub fn get(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     arity(args, 3, Some(3), "nscache.get")?;
     let prefix = prefix_arg(&args[1])?;
     let target = target(ctx, prefix, &args[2])?;
-    let ns = namespace(prefix)?;
+    let ns = namespace(ctx, prefix)?;
     let key = OpenKey::read(ctx, &target.stored);
     let found = slot(&key, ns, target.form)?;
     let hit = reply_found(ctx, &found);
     let stale = matches!(found, Slot::Stale);
     drop(key);
     if stale && may_reclaim(ctx) {
-        sweeper::reclaim(ctx, target.stored.as_slice());
+        sweeper::reclaim(ctx, &target.stored);
     }
     let mut stats = ns.stats();
     stats.read(target.key, hit);
@@ -226,7 +261,7 @@ pub fn mget(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     arity(args, 3, None, "nscache.mget")?;
     let prefix = prefix_arg(&args[1])?;
     let targets = targets(ctx, prefix, &args[2..])?;
-    let ns = namespace(prefix)?;
+    let ns = namespace(ctx, prefix)?;
     // Every key is checked before the first value is replied: a WRONGTYPE on
     // the third key cannot follow two values already sent.
     let keys: Vec<OpenKey> = targets
@@ -250,7 +285,7 @@ pub fn mget(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     drop(keys);
     if !stale.is_empty() && may_reclaim(ctx) {
         for i in stale {
-            sweeper::reclaim(ctx, targets[i].stored.as_slice());
+            sweeper::reclaim(ctx, &targets[i].stored);
         }
     }
     let mut stats = ns.stats();
@@ -267,31 +302,29 @@ pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     arity(args, 3, None, "nscache.del")?;
     let prefix = prefix_arg(&args[1])?;
     let targets = targets(ctx, prefix, &args[2..])?;
-    let ns = namespace(prefix)?;
+    let ns = namespace(ctx, prefix)?;
 
     // Check every key before deleting any, so a WRONGTYPE changes nothing.
-    let keys: Vec<OpenKey> = targets
-        .iter()
-        .map(|t| OpenKey::write(ctx, &t.stored))
-        .collect();
-    let mut plan = Vec::with_capacity(keys.len());
-    for (key, t) in keys.iter().zip(&targets) {
-        plan.push(match slot(key, ns, t.form)? {
+    for t in &targets {
+        OpenKey::read(ctx, &t.stored).content()?;
+    }
+    // Then one key at a time: a key named twice (or `a` and `{a}`, which share
+    // a stored name) is deleted and counted once.
+    let mut deleted = 0u64;
+    let mut changed = false;
+    for t in &targets {
+        let key = OpenKey::write(ctx, &t.stored);
+        let (live, remove) = match slot(&key, ns, t.form)? {
             Slot::Live(_) => (true, true),
             Slot::Stale => (false, true),
             Slot::Empty | Slot::Other => (false, false),
-        });
-    }
-    let mut deleted = 0u64;
-    let mut changed = false;
-    for (key, (live, remove)) in keys.iter().zip(plan) {
+        };
         if remove {
             key.delete()?;
             changed = true;
             deleted += u64::from(live);
         }
     }
-    drop(keys);
     if changed {
         ctx.replicate_verbatim();
     }
@@ -335,7 +368,7 @@ pub fn invalidate(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue
     let started = Instant::now();
     arity(args, 2, Some(2), "nscache.invalidate")?;
     let prefix = prefix_arg(&args[1])?;
-    let ns = namespace(prefix)?;
+    let ns = namespace(ctx, prefix)?;
     let invalidated = ns.invalidate();
     sweeper::request();
     ctx.replicate_verbatim();
@@ -471,6 +504,36 @@ pub fn resetstats(_ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValu
             }
         }
     }
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// `NSCACHE.RESTOREENTRY stored prefix form value`: recreates an entry under an
+/// exact stored name, without expiry. Emitted by AOF rewrites (followed by the
+/// key's PEXPIREAT), where a renamed key has no `prefix key` to SET it by.
+pub fn restoreentry(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+    arity(args, 5, Some(5), "nscache.restoreentry")?;
+    let stored = &args[1];
+    if stored.as_slice().is_empty() {
+        return Err(CacheError::EmptyKey);
+    }
+    let prefix = prefix_arg(&args[2])?;
+    let form = match args[3].as_slice() {
+        b"0" => KeyForm::Wrapped,
+        b"1" => KeyForm::Tagged,
+        _ => return Err(CacheError::BadForm),
+    };
+    let value = args[4].as_slice();
+    if value.len() > MAX_VALUE_LEN {
+        return Err(CacheError::ValueTooLarge(value.len(), MAX_VALUE_LEN));
+    }
+    let ns = namespace(ctx, prefix)?;
+    let key = OpenKey::write(ctx, stored);
+    let occupied = matches!(key.content()?, Content::Entry(_));
+    let charged = charge_for(stored.as_slice().len(), value.len());
+    let entry = Entry::new(ns, ns.generation(), form, value, charged);
+    key.store(entry, None, occupied)?;
+    drop(key);
+    ctx.replicate_verbatim();
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 

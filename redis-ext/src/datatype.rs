@@ -1,9 +1,17 @@
 //! The module data type `nscache-e`: Redis-facing callbacks of [`Entry`].
 //!
-//! RDB layout of one entry, encoding version 1: prefix (string), generation
-//! (unsigned), form (unsigned: 0 wrapped, 1 tagged), charged bytes (unsigned),
-//! value (string). Aux data (before the keys): the number of namespaces with a
-//! non-zero generation, then (prefix, generation) for each.
+//! RDB layout of one entry, encoding version 1: prefix (string), live (unsigned:
+//! 1 if the entry was of its namespace's current generation when saved, else 0),
+//! form (unsigned: 0 wrapped, 1 tagged), value (string).
+//!
+//! A live bit rather than the raw generation: generation numbers are local to a
+//! server (a replica's, a MIGRATE target's and a restarted server's differ), so
+//! a loaded entry takes the current generation of its namespace if it was live,
+//! and one that is never current if it was not.
+//!
+//! Aux data (before the keys): the number of namespaces with a non-zero
+//! generation, then (prefix, generation) for each, so generation numbers carry
+//! on across restarts.
 
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -51,7 +59,8 @@ pub fn raw_type() -> *mut raw::RedisModuleType {
     *ENTRY_TYPE.raw_type.borrow()
 }
 
-fn form_code(form: KeyForm) -> u64 {
+/// The key form as stored in RDB and in `NSCACHE.RESTOREENTRY`.
+pub fn form_code(form: KeyForm) -> u64 {
     match form {
         KeyForm::Wrapped => 0,
         KeyForm::Tagged => 1,
@@ -94,10 +103,10 @@ unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) 
     let Some(entry) = (unsafe { EntryRef::from_raw(value) }) else {
         return;
     };
+    let live = entry.is_current(entry.namespace().generation());
     raw::save_string(rdb, entry.namespace().name());
-    raw::save_unsigned(rdb, entry.generation());
+    raw::save_unsigned(rdb, u64::from(live));
     raw::save_unsigned(rdb, form_code(entry.form()));
-    raw::save_unsigned(rdb, u64::from(entry.charged()));
     raw::save_slice(rdb, entry.value());
 }
 
@@ -108,7 +117,14 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
         ));
         return ptr::null_mut();
     }
-    match load_entry(rdb) {
+    // RESTORE and MIGRATE name the key: charge what MEMORY USAGE will report.
+    // SAFETY: rdb is the IO context of this load; the name may be null (AOF
+    // preamble or older servers), then the charge assumes a short name.
+    let key_len = unsafe { raw::RedisModule_GetKeyNameFromIO.map(|f| f(rdb)) }
+        .filter(|name| !name.is_null())
+        .map(|name| redis_module::RedisString::string_as_slice(name).len())
+        .unwrap_or(0);
+    match load_entry(rdb, key_len) {
         Ok(entry) => entry.into_raw(),
         Err(why) => {
             log_warning(&format!("nscache: corrupt entry in RDB: {why}"));
@@ -117,20 +133,34 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
     }
 }
 
-fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, String> {
+fn load_entry(rdb: *mut raw::RedisModuleIO, key_len: usize) -> Result<Entry, String> {
     let io = |e: redis_module::error::Error| format!("read error: {e}");
     let prefix = raw::load_string_buffer(rdb).map_err(io)?;
     let prefix = cachetx_shared::validate_prefix(prefix.as_ref()).map_err(|e| e.to_string())?;
-    let generation = raw::load_unsigned(rdb).map_err(io)?;
+    let live = match raw::load_unsigned(rdb).map_err(io)? {
+        0 => false,
+        1 => true,
+        other => return Err(format!("bad live flag {other}")),
+    };
     let form = match raw::load_unsigned(rdb).map_err(io)? {
         0 => KeyForm::Wrapped,
         1 => KeyForm::Tagged,
         other => return Err(format!("unknown key form {other}")),
     };
-    let charged = u32::try_from(raw::load_unsigned(rdb).map_err(io)?).unwrap_or(u32::MAX);
     let value = raw::load_string_buffer(rdb).map_err(io)?;
+    if value.as_ref().len() > crate::args::MAX_VALUE_LEN {
+        return Err("value over the size limit".to_string());
+    }
     // Loading never refuses a namespace over the cap: the data is already there.
     let namespace = registry().get_or_create_uncapped(prefix, config::topk());
+    let generation = if live {
+        namespace.generation()
+    } else {
+        // An invalidated entry stays invalidated; the sweep takes it.
+        sweeper::request();
+        crate::entry::NEVER_CURRENT
+    };
+    let charged = charge_for(key_len.max(prefix.len() + 3), value.as_ref().len());
     Ok(Entry::new(
         namespace,
         generation,
@@ -153,27 +183,29 @@ unsafe extern "C" fn aof_rewrite(
     if !entry.is_current(entry.namespace().generation()) {
         return;
     }
-    let stored = redis_module::RedisString::string_as_slice(key);
-    let prefix = entry.namespace().name();
-    let Some(user_key) = crate::keyname::user_key(prefix, stored, entry.form()) else {
-        return;
-    };
     let Some(emit) = (unsafe { raw::RedisModule_EmitAOF }) else {
         return;
     };
-    // A ttl of 1 is a placeholder: Redis appends PEXPIREAT with the real
-    // absolute expiry right after this command.
-    // SAFETY: "bbcb" = four (pointer, length) buffers then one C string.
+    // The exact stored name, not `NSCACHE.SET prefix key`: after a RENAME the
+    // name may not map back to a user key. Redis follows this with PEXPIREAT
+    // when the key has an expiry (none after PERSIST).
+    let prefix = entry.namespace().name();
+    let form = if entry.form() == KeyForm::Tagged {
+        c"1"
+    } else {
+        c"0"
+    };
+    // SAFETY: "sbcb" = a RedisModuleString, a (pointer, length) buffer, a C
+    // string, and another buffer, all valid for the call.
     unsafe {
         emit(
             aof,
-            c"NSCACHE.SET".as_ptr(),
-            c"bbcb".as_ptr(),
+            c"NSCACHE.RESTOREENTRY".as_ptr(),
+            c"sbcb".as_ptr(),
+            key,
             prefix.as_ptr(),
             prefix.len(),
-            user_key.as_ptr(),
-            user_key.len(),
-            c"1".as_ptr(),
+            form.as_ptr(),
             entry.value().as_ptr(),
             entry.len(),
         );
@@ -266,10 +298,9 @@ fn load_generations(rdb: *mut raw::RedisModuleIO) -> Result<(), String> {
         let name = cachetx_shared::validate_prefix(name.as_ref()).map_err(|e| e.to_string())?;
         let generation = raw::load_unsigned(rdb).map_err(io)?;
         let ns = registry().get_or_create_uncapped(name, config::topk());
+        // Loaded entries take the generation in force when they load (aux data
+        // comes first), so live ones stay live whatever this number was.
         ns.restore_generation(generation);
-        // Aux data loads before the keys; entries already in memory (a
-        // replica's before full sync is emptied first) are none.
-        ns.set_live(0);
     }
     Ok(())
 }

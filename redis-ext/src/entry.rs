@@ -12,6 +12,9 @@ use std::ptr::NonNull;
 use crate::keyname::KeyForm;
 use crate::namespace::Namespace;
 
+/// A generation no namespace ever reaches: entries loaded as invalidated carry it.
+pub const NEVER_CURRENT: u64 = u64::MAX;
+
 /// Top bit of `len_and_form`: the key was stored with its own hash tag.
 const TAGGED_BIT: u32 = 1 << 31;
 

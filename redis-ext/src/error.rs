@@ -17,6 +17,9 @@ pub enum CacheError {
     /// `ttl` is so large that the absolute expiry would overflow.
     #[error("ERR invalid ttl: too large")]
     TtlTooLarge,
+    /// A key form that is neither 0 nor 1 (NSCACHE.RESTOREENTRY).
+    #[error("ERR invalid form: must be 0 (wrapped) or 1 (tagged)")]
+    BadForm,
     /// A count that is not a whole number >= 1.
     #[error("ERR invalid count: must be a whole number >= 1")]
     BadCount,

@@ -26,11 +26,13 @@ mod module {
     use std::sync::atomic::AtomicI64;
 
     use redis_module::configuration::{ConfigurationContext, ConfigurationFlags};
+    use redis_module::server_events::ServerRole;
+    use redis_module::ModuleOptions;
     use redis_module::{
         redis_module, Context, ContextFlags, InfoContext, NotifyEvent, RedisResult, RedisString,
         Status,
     };
-    use redis_module_macros::info_command_handler;
+    use redis_module_macros::{info_command_handler, role_changed_event_handler};
 
     use crate::commands::{self, guarded};
     use crate::config;
@@ -45,6 +47,8 @@ mod module {
         std::panic::set_hook(Box::new(|info| {
             crate::log::warning(&format!("nscache: panic caught: {info}"));
         }));
+        // A truncated RESTORE payload must fail the load, not crash the server.
+        ctx.set_module_options(ModuleOptions::HANDLE_IO_ERRORS);
         datatype::set_cluster_mode(ctx.get_flags().contains(ContextFlags::CLUSTER));
         calibrate_allocator();
         sweeper::start(ctx);
@@ -76,13 +80,24 @@ mod module {
         }
     }
 
-    fn on_key_removed(_ctx: &Context, event: NotifyEvent, _name: &str, key: &[u8]) {
-        let kind = if event.contains(NotifyEvent::EVICTED) {
-            Removal::Evicted
+    fn on_key_event(_ctx: &Context, event: NotifyEvent, _name: &str, key: &[u8]) {
+        if event.contains(NotifyEvent::EVICTED) {
+            removal::key_removed(Removal::Evicted, key);
+        } else if event.contains(NotifyEvent::EXPIRED) {
+            removal::key_removed(Removal::Expired, key);
         } else {
-            Removal::Expired
-        };
-        removal::key_removed(kind, key);
+            // DEL, RENAME, MOVE...: the entry just unlinked neither expired nor
+            // was evicted.
+            removal::forget();
+        }
+    }
+
+    /// A replica promoted to primary sweeps what its old primary had not.
+    #[role_changed_event_handler]
+    fn on_role_changed(_ctx: &Context, role: ServerRole) {
+        if role == ServerRole::Primary {
+            sweeper::request();
+        }
     }
 
     // The builder API would name the section itself; the older calls give the
@@ -100,7 +115,9 @@ mod module {
         };
         ctx.add_info_section(None);
         ctx.add_info_field_long_long("namespaces", registry.len() as i64);
-        ctx.add_info_field_long_long("sweep_pending", i64::from(sweeper::busy()));
+        if let Some(busy) = sweeper::busy() {
+            ctx.add_info_field_long_long("sweep_pending", i64::from(busy));
+        }
         for ns in registry.all() {
             let r = ns.report();
             let (rl, wl) = (&r.read_latency_us, &r.write_latency_us);
@@ -135,6 +152,7 @@ mod module {
         cmd_topkeys => commands::topkeys,
         cmd_resetstats => commands::resetstats,
         cmd_keyname => commands::keyname,
+        cmd_restoreentry => commands::restoreentry,
     }
 
     redis_module! {
@@ -158,9 +176,11 @@ mod module {
             ["nscache.topkeys", cmd_topkeys, "readonly", 0, 0, 0, ""],
             ["nscache.resetstats", cmd_resetstats, "fast", 0, 0, 0, ""],
             ["nscache.keyname", cmd_keyname, "readonly fast", 0, 0, 0, ""],
+            // Internal: what AOF rewrites emit (the stored name is the key).
+            ["nscache.restoreentry", cmd_restoreentry, "write deny-oom", 1, 1, 1, ""],
         ],
         event_handlers: [
-            [@EXPIRED @EVICTED: on_key_removed],
+            [@EXPIRED @EVICTED @GENERIC: on_key_event],
         ],
         configurations: [
             i64: [

@@ -153,11 +153,6 @@ impl Namespace {
         }
     }
 
-    /// Recounts live entries after the generation changed under loaded data.
-    pub(crate) fn set_live(&self, live: i64) {
-        self.live.store(live, Ordering::Relaxed);
-    }
-
     /// Zeroes counters, hot keys and latencies (not entries, bytes or the
     /// generation: those describe what is stored, not what happened).
     pub fn reset_stats(&self) {

@@ -67,8 +67,9 @@ impl OpenKey {
     ///
     /// An existing entry is swapped in place, as SET overwrites a string: setting
     /// a new value would delete the key and add it again (two dict operations).
-    pub fn store(&self, entry: Entry, expire_at_ms: i64) -> CacheResult<()> {
-        let replace = matches!(self.content(), Ok(Content::Entry(_)));
+    /// `replace` says the key holds an entry now (the caller looked already).
+    /// With no expiry the key keeps the one it had, if any.
+    pub fn store(&self, entry: Entry, expire_at_ms: Option<i64>, replace: bool) -> CacheResult<()> {
         let raw_entry = entry.into_raw();
         let status = if replace {
             let mut old = std::ptr::null_mut();
@@ -97,25 +98,33 @@ impl OpenKey {
             drop(unsafe { Entry::from_raw(raw_entry) });
             return Err(CacheError::Internal("could not store the entry"));
         }
-        // SAFETY: the key now holds a value.
-        let status = unsafe { call(raw::RedisModule_SetAbsExpire)?(self.raw, expire_at_ms) };
-        if status != raw::Status::Ok as i32 {
-            return Err(CacheError::Internal("could not set the expiry"));
+        if let Some(at) = expire_at_ms {
+            // SAFETY: the key now holds a value.
+            let status = unsafe { call(raw::RedisModule_SetAbsExpire)?(self.raw, at) };
+            if status != raw::Status::Ok as i32 {
+                return Err(CacheError::Internal("could not set the expiry"));
+            }
         }
         Ok(())
     }
 
     /// Milliseconds until the key expires, or None when it has no expiry.
     pub fn expire_ms(&self) -> Option<i64> {
-        // SAFETY: `raw` is an open key (or null, checked).
+        if self.raw.is_null() {
+            return None;
+        }
+        // SAFETY: `raw` is an open, non-null key.
         let ms = unsafe { raw::RedisModule_GetExpire.map(|f| f(self.raw)) }?;
-        (!self.raw.is_null() && ms >= 0).then_some(ms)
+        (ms >= 0).then_some(ms)
     }
 
     /// Deletes the key.
     pub fn delete(&self) -> CacheResult<()> {
         // SAFETY: key open for writing.
         let status = unsafe { call(raw::RedisModule_DeleteKey)?(self.raw) };
+        // The unlink callback left a note for an expired/evicted event that a
+        // module deletion never sends.
+        crate::removal::forget();
         if status != raw::Status::Ok as i32 {
             return Err(CacheError::Internal("could not delete the key"));
         }

@@ -41,6 +41,15 @@ pub fn entry_unlinked(namespace: &'static Namespace, key: &[u8]) {
     *LAST_UNLINKED.lock().unwrap_or_else(|p| p.into_inner()) = Some(note);
 }
 
+/// Drops the note: the unlinked entry left for a reason other than expiry or
+/// eviction (DEL, RENAME, MOVE, a module deletion, an overwrite).
+pub fn forget() {
+    LAST_UNLINKED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+}
+
 /// Counts a removal announced by Redis if the key was one of our entries; returns
 /// the namespace it was counted in.
 pub fn key_removed(kind: Removal, key: &[u8]) -> Option<&'static Namespace> {
@@ -78,6 +87,12 @@ mod tests {
         assert!(
             key_removed(Removal::Expired, b"p:{a}").is_none(),
             "the note was consumed"
+        );
+        entry_unlinked(ns, b"p:{a}");
+        forget();
+        assert!(
+            key_removed(Removal::Expired, b"p:{a}").is_none(),
+            "a DEL came between"
         );
         entry_unlinked(ns, b"p:{a}");
         assert!(key_removed(Removal::Evicted, b"p:{a}").is_some());

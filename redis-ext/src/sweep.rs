@@ -45,6 +45,13 @@ impl SweepSchedule {
         self.running_for.is_some()
     }
 
+    /// Settles every request without a pass (a replica: its primary sweeps and
+    /// replicates the deletions).
+    pub fn settle_all(&mut self) {
+        self.running_for = None;
+        self.settled = self.requested;
+    }
+
     /// Marks the end of the running pass: requests made before it began are
     /// settled, later ones still owe a pass.
     pub fn finish_pass(&mut self) {
@@ -82,6 +89,16 @@ mod tests {
         assert!(s.start_pass());
         s.finish_pass();
         assert!(!s.has_work());
+    }
+
+    #[test]
+    fn settle_all_clears_owed_and_running_passes() {
+        let mut s = SweepSchedule::new();
+        s.request();
+        assert!(s.start_pass());
+        s.request();
+        s.settle_all();
+        assert!(!s.has_work() && !s.is_running());
     }
 
     #[test]

@@ -26,6 +26,9 @@ static SCHEDULE: Mutex<SweepSchedule> = Mutex::new(SweepSchedule::new());
 struct Pass {
     db: i32,
     cursor: NonNull<raw::RedisModuleScanCursor>,
+    /// Entries this pass deleted. A pass that found some runs again: SWAPDB,
+    /// MOVE or RESTORE may have put stale entries behind its cursor.
+    reclaimed: usize,
 }
 
 // SAFETY: the cursor is only used from the main thread (timer callbacks).
@@ -42,9 +45,21 @@ pub fn request() {
     schedule().request();
 }
 
-/// Whether a pass is owed or running (for INFO and tests).
-pub fn busy() -> bool {
-    schedule().has_work()
+/// Whether a pass is owed or running (for INFO and tests); None when the
+/// schedule is locked (a crash report must not wait for it).
+pub fn busy() -> Option<bool> {
+    match SCHEDULE.try_lock() {
+        Ok(sched) => Some(sched.has_work()),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().has_work()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+/// Whether Redis asks modules not to propagate anything now (CLIENT PAUSE
+/// WRITE, FAILOVER): it asserts that nothing is propagated while paused.
+pub fn replication_paused() -> bool {
+    // SAFETY: a plain query of server state.
+    unsafe { raw::RedisModule_AvoidReplicaTraffic.map(|f| f()) }.unwrap_or(0) != 0
 }
 
 /// Arms the sweep timer; called once at module load.
@@ -61,7 +76,15 @@ fn on_tick(ctx: &Context, _: ()) {
 
 fn tick(ctx: &Context) {
     let flags = ctx.get_flags();
-    if flags.contains(ContextFlags::SLAVE) || flags.contains(ContextFlags::LOADING) {
+    if flags.contains(ContextFlags::SLAVE) {
+        // The primary sweeps and replicates its deletions here.
+        schedule().settle_all();
+        if let Some(pass) = PASS.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            destroy_cursor(pass.cursor);
+        }
+        return;
+    }
+    if flags.contains(ContextFlags::LOADING) || replication_paused() {
         return;
     }
     {
@@ -75,7 +98,11 @@ fn tick(ctx: &Context) {
             else {
                 return;
             };
-            *PASS.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pass { db: 0, cursor });
+            *PASS.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pass {
+                db: 0,
+                cursor,
+                reclaimed: 0,
+            });
         }
     }
     let mut pass_guard = PASS.lock().unwrap_or_else(|p| p.into_inner());
@@ -93,14 +120,22 @@ fn tick(ctx: &Context) {
     }
     if finished {
         if let Some(pass) = pass_guard.take() {
-            // SAFETY: created by ScanCursorCreate, not used again.
-            unsafe {
-                if let Some(destroy) = raw::RedisModule_ScanCursorDestroy {
-                    destroy(pass.cursor.as_ptr());
-                }
+            destroy_cursor(pass.cursor);
+            let mut sched = schedule();
+            sched.finish_pass();
+            if pass.reclaimed > 0 {
+                sched.request();
             }
         }
-        schedule().finish_pass();
+    }
+}
+
+fn destroy_cursor(cursor: NonNull<raw::RedisModuleScanCursor>) {
+    // SAFETY: created by ScanCursorCreate and dropped from the pass, so unused.
+    unsafe {
+        if let Some(destroy) = raw::RedisModule_ScanCursorDestroy {
+            destroy(cursor.as_ptr());
+        }
     }
 }
 
@@ -137,7 +172,8 @@ fn scan(ctx: &Context, pass: &mut Pass, budget: usize) -> bool {
         };
         visited += found.visited.max(1);
         for name in &found.stale {
-            reclaim(ctx, name);
+            let name = RedisString::create_from_slice(ctx.ctx, name);
+            pass.reclaimed += usize::from(reclaim(ctx, &name));
         }
         if !more {
             pass.db += 1;
@@ -186,13 +222,12 @@ unsafe extern "C" fn collect(
 
 /// Deletes the entry stored under `name` if it is of an invalidated generation,
 /// and replicates the deletion. Returns whether it deleted.
-pub fn reclaim(ctx: &Context, name: &[u8]) -> bool {
-    let name = RedisString::create_from_slice(ctx.ctx, name);
-    let key = OpenKey::write(ctx, &name);
+pub fn reclaim(ctx: &Context, name: &RedisString) -> bool {
+    let key = OpenKey::write(ctx, name);
     let stale = matches!(key.content(), Ok(Content::Entry(entry)) if !entry.is_current(entry.namespace().generation()));
     if stale && key.delete().is_ok() {
         drop(key);
-        ctx.replicate("UNLINK", &[&name][..]);
+        ctx.replicate("UNLINK", &[name][..]);
         return true;
     }
     false

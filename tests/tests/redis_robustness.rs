@@ -1,0 +1,434 @@
+//! Hostile and unusual inputs that once crashed redis-server or corrupted data:
+//! each test reproduces a review finding against a real server.
+
+use std::time::Duration;
+
+use cachetx_shared::NamespaceStats;
+use cachetx_tests::{wait_until, RedisServer};
+use redis::{Connection, Value};
+
+fn stats(conn: &mut Connection, prefix: &str) -> NamespaceStats {
+    let json: String = redis::cmd("NSCACHE.STATS")
+        .arg(prefix)
+        .arg("JSON")
+        .query(conn)
+        .expect("STATS JSON");
+    NamespaceStats::parse(&json).expect("stats parse")
+}
+
+fn set(conn: &mut Connection, prefix: &str, key: &str, value: &str) {
+    let reply: Value = redis::cmd("NSCACHE.SET")
+        .arg(prefix)
+        .arg(key)
+        .arg(600)
+        .arg(value)
+        .query(conn)
+        .expect("SET");
+    assert_eq!(reply, Value::Okay);
+}
+
+fn get(conn: &mut Connection, prefix: &str, key: &str) -> Option<String> {
+    redis::cmd("NSCACHE.GET")
+        .arg(prefix)
+        .arg(key)
+        .query(conn)
+        .expect("GET")
+}
+
+fn fill(conn: &mut Connection, prefix: &str, n: usize) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("NSCACHE.SET")
+            .arg(prefix)
+            .arg(format!("k{i}"))
+            .arg(600)
+            .arg("v")
+            .ignore();
+    }
+    let _: () = pipe.query(conn).expect("fill");
+}
+
+fn config_set(conn: &mut Connection, name: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query(conn)
+        .expect("CONFIG SET");
+}
+
+fn alive(server: &RedisServer) {
+    let pong: String = redis::cmd("PING")
+        .query(&mut server.conn())
+        .expect("server still answers");
+    assert_eq!(pong, "PONG");
+}
+
+/// CRC-64/Jones as Redis appends it to DUMP payloads.
+fn crc64(data: &[u8]) -> u64 {
+    let mut crc = 0u64;
+    for &byte in data {
+        crc ^= u64::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x95AC_9329_AC4B_C9B5
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+#[test]
+fn error_replies_with_any_bytes_never_take_the_server_down() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    // U+4E00 is e4 b8 80: a char-by-char byte cast would have put a NUL in the reply.
+    for arg in [
+        "一",
+        "\u{3000}",
+        "\u{100}",
+        "bad\r\nline",
+        "%s%n%x",
+        "\u{0}",
+    ] {
+        let err = redis::cmd("NSCACHE.SET")
+            .arg(&["p", "k", "10", "v", arg])
+            .query::<Value>(&mut conn)
+            .expect_err(arg);
+        assert!(err.to_string().contains("unknown option"), "{arg:?}: {err}");
+        let err = redis::cmd("NSCACHE.STATS")
+            .arg(&["p", arg])
+            .query::<Value>(&mut conn)
+            .expect_err(arg);
+        assert!(err.to_string().contains("unknown option"), "{arg:?}: {err}");
+        let err = redis::cmd("NSCACHE.GET")
+            .arg(&[arg, "k"])
+            .query::<Value>(&mut conn)
+            .expect_err(arg);
+        assert!(err.to_string().contains("invalid prefix"), "{arg:?}: {err}");
+    }
+    alive(&server);
+}
+
+#[test]
+fn paused_writes_stop_the_sweep_and_lazy_reclaim_instead_of_crashing() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    fill(&mut conn, "p", 5000);
+    config_set(&mut conn, "nscache.sweep-budget", "10");
+    let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
+        .arg("p")
+        .query(&mut conn)
+        .expect("INVALIDATE");
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1500", "WRITE"])
+        .query(&mut conn)
+        .expect("CLIENT PAUSE");
+    // Reads run during a write pause; a stale hit must not propagate a delete.
+    for i in (0..5000).step_by(500) {
+        assert_eq!(get(&mut conn, "p", &format!("k{i}")), None);
+    }
+    std::thread::sleep(Duration::from_millis(1700));
+    alive(&server);
+    config_set(&mut conn, "nscache.sweep-budget", "100000");
+    wait_until(
+        Duration::from_secs(20),
+        "sweep resumes after the pause",
+        || stats(&mut conn, "p").entries == 0,
+    );
+}
+
+#[test]
+fn a_truncated_restore_payload_is_refused() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    set(&mut conn, "p", "k", "some value");
+    let dump: Vec<u8> = redis::cmd("DUMP")
+        .arg("p:{k}")
+        .query(&mut conn)
+        .expect("DUMP");
+    let (body, tail) = dump.split_at(dump.len() - 10);
+    assert!(body.len() > 20, "payload shorter than the cuts below");
+    let crc = u64::from_le_bytes(tail[2..].try_into().expect("8 bytes"));
+    assert_eq!(
+        crc64(&dump[..dump.len() - 8]),
+        crc,
+        "the test's CRC matches Redis's"
+    );
+    // Cuts inside the module id, the opcodes and the value. (Dropping the last
+    // bytes can yield another valid payload: the version bytes then read as data.)
+    for cut in [3, 6, 12, 16, 20] {
+        let mut forged = body[..cut].to_vec();
+        forged.extend_from_slice(&tail[..2]);
+        let crc = crc64(&forged);
+        forged.extend_from_slice(&crc.to_le_bytes());
+        let err = redis::cmd("RESTORE")
+            .arg("evil")
+            .arg(0)
+            .arg(forged)
+            .query::<Value>(&mut conn)
+            .expect_err("truncated");
+        let text = err.to_string();
+        assert!(
+            text.contains("Bad data format") || text.contains("payload"),
+            "{text}"
+        );
+        alive(&server);
+    }
+    // An intact payload restores, under any name, and is charged as MEMORY USAGE counts it.
+    let long = format!("p:{{{}}}", "x".repeat(60));
+    let _: () = redis::cmd("RESTORE")
+        .arg(&long)
+        .arg(0)
+        .arg(&dump)
+        .query(&mut conn)
+        .expect("RESTORE");
+    let usage: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&long)
+        .query(&mut conn)
+        .expect("MEMORY USAGE");
+    let k_usage: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg("p:{k}")
+        .query(&mut conn)
+        .expect("MEMORY USAGE");
+    assert_eq!(stats(&mut conn, "p").bytes, usage + k_usage);
+}
+
+#[test]
+fn restored_entries_keep_their_validity_whatever_the_target_generation() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let (mut a, mut b) = (source.conn(), target.conn());
+    config_set(&mut a, "nscache.sweep-budget", "10");
+    fill(&mut a, "mi", 3000);
+    let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
+        .arg("mi")
+        .query(&mut a)
+        .expect("INVALIDATE");
+    let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
+        .arg("mi")
+        .query(&mut a)
+        .expect("INVALIDATE");
+    set(&mut a, "mi", "live", "fresh");
+    let stale: Vec<u8> = redis::cmd("DUMP")
+        .arg("mi:{k2999}")
+        .query(&mut a)
+        .expect("DUMP of a stale entry");
+    let live: Vec<u8> = redis::cmd("DUMP")
+        .arg("mi:{live}")
+        .query(&mut a)
+        .expect("DUMP");
+    for (name, payload) in [("mi:{k2999}", &stale), ("mi:{live}", &live)] {
+        let _: () = redis::cmd("RESTORE")
+            .arg(name)
+            .arg(0)
+            .arg(payload)
+            .query(&mut b)
+            .expect("RESTORE");
+    }
+    assert_eq!(get(&mut b, "mi", "live").as_deref(), Some("fresh"));
+    assert_eq!(
+        get(&mut b, "mi", "k2999"),
+        None,
+        "invalidated on the source, invalid here"
+    );
+    // Bumping the target's generation past the source's never revives it.
+    let _: () = redis::cmd("RESTORE")
+        .arg("mi:{k2999}")
+        .arg(0)
+        .arg(&stale)
+        .arg("REPLACE")
+        .query(&mut b)
+        .expect("RESTORE");
+    for _ in 0..3 {
+        let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
+            .arg("mi")
+            .query(&mut b)
+            .expect("INVALIDATE");
+        assert_eq!(get(&mut b, "mi", "k2999"), None);
+    }
+}
+
+#[test]
+fn a_full_sync_replaces_the_replicas_own_generations() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    let (mut p, mut r) = (primary.conn(), replica.conn());
+    for _ in 0..3 {
+        let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
+            .arg("g")
+            .query(&mut r)
+            .expect("INVALIDATE on the future replica");
+    }
+    set(&mut p, "g", "k", "v1");
+    // The replica must not refuse the primary's writes over its namespace cap.
+    config_set(&mut r, "nscache.max-namespaces", "1");
+    let port = primary.port().to_string();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .query(&mut r)
+        .expect("REPLICAOF");
+    wait_until(Duration::from_secs(20), "full sync", || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut r)
+            .expect("INFO");
+        info.contains("master_link_status:up")
+    });
+    for ns in ["n2", "n3", "n4"] {
+        set(&mut p, ns, "k", "v");
+    }
+    let _: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query(&mut p)
+        .expect("WAIT");
+    assert_eq!(get(&mut r, "g", "k").as_deref(), Some("v1"));
+    for ns in ["n2", "n3", "n4"] {
+        assert_eq!(
+            get(&mut r, ns, "k").as_deref(),
+            Some("v"),
+            "{ns} replicated despite the cap"
+        );
+    }
+    let digest = |c: &mut Connection| -> String {
+        redis::cmd("DEBUG").arg("DIGEST").query(c).expect("DIGEST")
+    };
+    assert_eq!(digest(&mut p), digest(&mut r));
+}
+
+#[test]
+fn del_counts_a_key_named_twice_once() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    set(&mut conn, "p", "a", "1");
+    let n: i64 = redis::cmd("NSCACHE.DEL")
+        .arg(&["p", "a", "a", "a"])
+        .query(&mut conn)
+        .expect("DEL");
+    assert_eq!(n, 1);
+    set(&mut conn, "p", "{b}", "2");
+    let n: i64 = redis::cmd("NSCACHE.DEL")
+        .arg(&["p", "b", "{b}", "{b}"])
+        .query(&mut conn)
+        .expect("DEL");
+    assert_eq!(
+        n, 1,
+        "`b` and `{{b}}` share a stored name; only `{{b}}` owned it"
+    );
+    assert_eq!(stats(&mut conn, "p").deletes, 2);
+}
+
+#[test]
+fn entries_moved_behind_a_running_sweep_are_still_reclaimed() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    fill(&mut conn, "sw", 3000);
+    let _: () = redis::cmd("SELECT")
+        .arg(1)
+        .query(&mut conn)
+        .expect("SELECT");
+    fill(&mut conn, "sw", 3000);
+    config_set(&mut conn, "nscache.sweep-budget", "10");
+    let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
+        .arg("sw")
+        .query(&mut conn)
+        .expect("INVALIDATE");
+    std::thread::sleep(Duration::from_millis(300));
+    let _: () = redis::cmd("SWAPDB")
+        .arg(0)
+        .arg(1)
+        .query(&mut conn)
+        .expect("SWAPDB mid-pass");
+    config_set(&mut conn, "nscache.sweep-budget", "1000");
+    wait_until(
+        Duration::from_secs(60),
+        "every stale entry reclaimed",
+        || stats(&mut conn, "sw").entries == 0,
+    );
+    let sizes: Vec<i64> = (0..2)
+        .map(|db| {
+            let _: () = redis::cmd("SELECT")
+                .arg(db)
+                .query(&mut conn)
+                .expect("SELECT");
+            redis::cmd("DBSIZE").query(&mut conn).expect("DBSIZE")
+        })
+        .collect();
+    assert_eq!(sizes, [0, 0]);
+}
+
+#[test]
+fn a_plain_key_expiring_after_a_del_is_not_counted() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    set(&mut conn, "e", "z", "v");
+    let _: i64 = redis::cmd("DEL")
+        .arg("e:{z}")
+        .query(&mut conn)
+        .expect("DEL");
+    let _: () = redis::cmd("SET")
+        .arg(&["e:{z}", "plain", "PX", "30"])
+        .query(&mut conn)
+        .expect("SET");
+    wait_until(Duration::from_secs(5), "plain key expires", || {
+        let v: Option<String> = redis::cmd("GET")
+            .arg("e:{z}")
+            .query(&mut conn)
+            .expect("GET");
+        v.is_none()
+    });
+    assert_eq!(stats(&mut conn, "e").expired, 0);
+}
+
+#[test]
+fn aof_rewrite_without_preamble_keeps_renamed_and_persisted_entries() {
+    let mut server =
+        RedisServer::start_with(&["--appendonly", "yes", "--aof-use-rdb-preamble", "no"]);
+    let mut conn = server.conn();
+    set(&mut conn, "ab", "x", "renamed");
+    set(&mut conn, "ab", "persisted", "kept");
+    let _: () = redis::cmd("RENAME")
+        .arg("ab:{x}")
+        .arg("elsewhere")
+        .query(&mut conn)
+        .expect("RENAME");
+    let _: i64 = redis::cmd("PERSIST")
+        .arg("ab:{persisted}")
+        .query(&mut conn)
+        .expect("PERSIST");
+    let _: () = redis::cmd("BGREWRITEAOF")
+        .query(&mut conn)
+        .expect("BGREWRITEAOF");
+    wait_until(Duration::from_secs(20), "AOF rewrite", || {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(&mut conn)
+            .expect("INFO");
+        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+    });
+    server.restart();
+    let mut conn = server.conn();
+    std::thread::sleep(Duration::from_millis(1200));
+    let kind: String = redis::cmd("TYPE")
+        .arg("elsewhere")
+        .query(&mut conn)
+        .expect("TYPE");
+    assert_eq!(kind, "nscache-e");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("ab:{persisted}")
+        .query(&mut conn)
+        .expect("TTL");
+    assert_eq!(ttl, -1, "still persistent");
+    assert_eq!(get(&mut conn, "ab", "persisted").as_deref(), Some("kept"));
+    let err = redis::cmd("NSCACHE.RESTOREENTRY")
+        .arg(&["x", "p", "2", "v"])
+        .query::<Value>(&mut conn)
+        .expect_err("form");
+    assert!(err.to_string().contains("invalid form"), "{err}");
+}
