@@ -22,10 +22,10 @@ use pgrx::datum::DatumWithOid;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::JsonB;
 
 use crate::backoff;
 use crate::error::{TxEventsError, TxResult};
+use crate::jsonb::RawJsonb;
 use crate::plans;
 use crate::snapshot::Snapshot;
 use crate::validate;
@@ -140,8 +140,8 @@ type PollRow = (
     String,
     Option<String>,
     Option<String>,
-    JsonB,
-    JsonB,
+    RawJsonb,
+    RawJsonb,
     TimestampWithTimeZone,
     i32,
 );
@@ -162,8 +162,8 @@ fn txevents_poll(
         name!(event_type, String),
         name!(aggregate_type, Option<String>),
         name!(aggregate_id, Option<String>),
-        name!(payload, JsonB),
-        name!(headers, JsonB),
+        name!(payload, RawJsonb),
+        name!(headers, RawJsonb),
         name!(occurred_at, TimestampWithTimeZone),
         name!(attempt, i32),
     ),
@@ -476,14 +476,18 @@ fn poll(
         )?;
         let mut out = Vec::with_capacity(table.len());
         for row in table {
-            let empty = || JsonB(serde_json::Value::Object(serde_json::Map::new()));
+            let json = |n: usize| -> TxResult<RawJsonb> {
+                row.get::<RawJsonb>(n)?
+                    .map(RawJsonb::transfer_out_of_spi)
+                    .ok_or_else(|| TxEventsError::Internal("NULL payload or headers".into()))
+            };
             out.push((
                 row.get::<i64>(1)?.unwrap_or_default(),
                 row.get::<String>(2)?.unwrap_or_default(),
                 row.get::<String>(3)?,
                 row.get::<String>(4)?,
-                row.get::<JsonB>(5)?.unwrap_or_else(empty),
-                row.get::<JsonB>(6)?.unwrap_or_else(empty),
+                json(5)?,
+                json(6)?,
                 row.get::<TimestampWithTimeZone>(7)?
                     .unwrap_or_else(TimestampWithTimeZone::negative_infinity),
                 row.get::<i32>(8)?.unwrap_or(1),

@@ -1,13 +1,14 @@
-//! `RawJsonb`: a `jsonb` argument kept as the Postgres datum.
+//! `RawJsonb`: a `jsonb` value kept as the Postgres datum.
 //!
-//! pgrx's `JsonB` turns every argument into text and then into a `serde_json::Value`,
-//! and back into text and `jsonb` for the INSERT. `emit` only needs to know that the
-//! value is an object and to store it as it came; it parses it only when a NOTIFY
-//! payload has to be built (and to describe a wrong value in an error message).
+//! pgrx's `JsonB` turns every value into text and then into a `serde_json::Value`, and
+//! back. `emit` only needs to know that an argument is an object and to store it as it
+//! came; it parses it only when a NOTIFY payload has to be built (and to describe a
+//! wrong value in an error message). `poll` returns the stored payloads as they are.
 
-use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
+use pgrx::datum::Datum;
 use pgrx::nullable::Nullable;
-use pgrx::{pg_sys, FromDatum};
+use pgrx::{pg_sys, FromDatum, IntoDatum};
 
 /// `JsonbContainer.header` flag of an object root (utils/jsonb.h).
 const JB_FOBJECT: u32 = 0x2000_0000;
@@ -44,9 +45,36 @@ unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
     }
 }
 
-pgrx::impl_sql_translatable!(RawJsonb, arg_only = "jsonb");
+impl IntoDatum for RawJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: returns the datum as is, like pgrx's own IntoDatum types.
+unsafe impl BoxRet for RawJsonb {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        // SAFETY: a jsonb datum for a function declared to return jsonb.
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+pgrx::impl_sql_translatable!(RawJsonb, "jsonb");
 
 impl RawJsonb {
+    /// Copies the value, detoasted, out of SPI's memory into the memory of the function
+    /// call that opened the SPI connection, so it outlives `SPI_finish` (and never is a
+    /// pointer into the TOAST table).
+    pub fn transfer_out_of_spi(self) -> RawJsonb {
+        let plain = self.detoasted();
+        // SAFETY: jsonb is a varlena (by reference, length -1); SPI is connected.
+        RawJsonb(unsafe { pg_sys::SPI_datumTransfer(plain, false, -1) })
+    }
+
     /// The value as a plain (detoasted, 4-byte header) varlena datum.
     pub fn detoasted(&self) -> pg_sys::Datum {
         // SAFETY: a jsonb datum points to a varlena; detoasting returns it as is

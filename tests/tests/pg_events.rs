@@ -129,6 +129,8 @@ fn large_events_are_references_that_get_resolves() {
     let db = pg().create_db("large_events_are_references_that_get_resolves");
     let mut listener = Listener::new(&db);
     let mut c = db.connect();
+    c.batch_execute("SELECT txevents.create_consumer('g')")
+        .expect("group");
     let big: i64 = c
         .query_one(
             "SELECT txevents.emit('report.generated', jsonb_build_object('body', repeat('x', 9000)), 'report', 'r-1', '{\"h\": true}')",
@@ -174,6 +176,27 @@ fn large_events_are_references_that_get_resolves() {
     let envelope = get(&mut c, huge).expect("huge event");
     assert_eq!(envelope.payload["b"].as_str(), Some(expected.as_str()));
     assert!(matches!(&listener.drain(QUIET)[..], [NotifyPayload::Ref { id, .. }] if *id == huge));
+    // poll returns the stored payloads whole, the out-of-line one included.
+    let polled: Vec<(i64, i32)> = c
+        .query(
+            "SELECT id, length(payload::text) FROM txevents.poll('g') ORDER BY id",
+            &[],
+        )
+        .expect("poll")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let lengths: Vec<(i64, i32)> = c
+        .query(
+            "SELECT id, length(payload::text) FROM txevents.outbox ORDER BY id",
+            &[],
+        )
+        .expect("outbox")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(polled, lengths);
+    assert!(polled.iter().any(|&(id, len)| id == huge && len > 640_000));
 }
 
 #[test]
