@@ -35,6 +35,21 @@ AS $$ SELECT @extschema@._uncapture(tbl::oid) $$;
 COMMENT ON FUNCTION txevents.uncapture(regclass) IS
     'Remove the capture trigger of tbl; true if there was one.';
 
+-- txevents.poll: the SECURITY DEFINER entry point around txevents._poll (src/consumer.rs).
+-- PL/pgSQL returns the set materialized, so the search_path is set once per poll,
+-- not once per returned row.
+CREATE FUNCTION txevents.poll(consumer text, max int DEFAULT 100, lease interval DEFAULT '30s')
+RETURNS TABLE(id bigint, event_type text, aggregate_type text, aggregate_id text,
+              payload jsonb, headers jsonb, occurred_at timestamptz, attempt int)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM @extschema@._poll(consumer, max, lease);
+END
+$$;
+COMMENT ON FUNCTION txevents.poll(text, int, interval) IS
+    'Claim up to max events of consumer group for lease; returns them with their attempt number.';
+
 CREATE VIEW txevents.dead_letters AS
 SELECT d.consumer, d.event_id, o.event_type, o.payload, d.attempts, d.last_error, d.failed_at
   FROM txevents.dead d
