@@ -180,6 +180,7 @@ fn roles_grant_exactly_their_part() {
         read_sql,
         create_sql,
         "SELECT txevents.prune('1 day')",
+        "SELECT * FROM txevents._poll('g')",
     ] {
         expect_error(&mut cons, sql, DENIED, "permission denied");
     }
