@@ -367,9 +367,9 @@ fn poll(
         // 3. New events, range by range.
         let old_done_xmin = xmin_of(&group.done).to_string();
         let mut state_changed = false;
+        let mut fresh_this_poll = false;
         while ids.len() < want {
-            let fresh = group.range.is_none();
-            if fresh {
+            if group.range.is_none() {
                 let snap: Option<String> =
                     plans::execute(client, "SELECT pg_current_snapshot()::text", Some(1), &[])?
                         .first()
@@ -378,33 +378,72 @@ fn poll(
                 // Every transaction below the done snapshot's xmin is visible in it.
                 group.pos_txid = xmin_of(&group.done).to_string();
                 group.pos_id = 0;
+                fresh_this_poll = true;
             }
             let Some(range) = group.range.clone() else {
                 return Err(TxEventsError::Internal("no snapshot".into()));
             };
+            let done = Snapshot::parse(&group.done)
+                .ok_or_else(|| TxEventsError::Internal("unreadable done_snapshot".into()))?;
+            let pos_txid: u64 = group.pos_txid.parse().unwrap_or(0);
+            // Events not visible in `done` belong to its running transactions (`xip`)
+            // or to transactions from its xmax on. Reading the two parts apart keeps a
+            // poll from re-reading every event committed since a long transaction began.
+            let xip: Vec<String> = done
+                .xip
+                .iter()
+                .filter(|&&x| x >= pos_txid)
+                .map(u64::to_string)
+                .collect();
+            let in_xip_phase = pos_txid < done.xmax && !xip.is_empty();
+            if pos_txid < done.xmax && !in_xip_phase {
+                group.pos_txid = done.xmax.to_string();
+                group.pos_id = 0;
+            }
             let room = want - ids.len();
-            let args: [DatumWithOid; 6] = [
-                group.done.as_str().into(),
-                range.as_str().into(),
-                group.pos_txid.as_str().into(),
-                group.pos_id.into(),
-                group.event_types.clone().into(),
-                (room as i64).into(),
-            ];
-            let rows = plans::execute(
-                client,
-                // Ordered by the (txid, id) index from the position on; the output
-                // column must not be named txid, or ORDER BY would sort the text.
-                "SELECT o.id, o.txid::text AS txid_text FROM txevents.outbox o
-                  WHERE (o.txid, o.id) > ($3::xid8, $4::bigint)
-                    AND o.txid < pg_snapshot_xmax($2::pg_snapshot)
-                    AND pg_visible_in_snapshot(o.txid, $2::pg_snapshot)
-                    AND NOT pg_visible_in_snapshot(o.txid, $1::pg_snapshot)
-                    AND ($5::text[] IS NULL OR o.event_type = ANY($5::text[]))
-                  ORDER BY o.txid, o.id LIMIT $6",
-                None,
-                &args,
-            )?;
+            let rows = if in_xip_phase {
+                let args: [DatumWithOid; 6] = [
+                    xip.into(),
+                    group.pos_txid.as_str().into(),
+                    group.pos_id.into(),
+                    range.as_str().into(),
+                    group.event_types.clone().into(),
+                    (room as i64).into(),
+                ];
+                plans::execute(
+                    client,
+                    "SELECT o.id, o.txid::text AS txid_text FROM txevents.outbox o
+                      WHERE o.txid = ANY($1::text[]::xid8[])
+                        AND (o.txid, o.id) > ($2::xid8, $3::bigint)
+                        AND pg_visible_in_snapshot(o.txid, $4::pg_snapshot)
+                        AND ($5::text[] IS NULL OR o.event_type = ANY($5::text[]))
+                      ORDER BY o.txid, o.id LIMIT $6",
+                    None,
+                    &args,
+                )?
+            } else {
+                let args: [DatumWithOid; 5] = [
+                    range.as_str().into(),
+                    group.pos_txid.as_str().into(),
+                    group.pos_id.into(),
+                    group.event_types.clone().into(),
+                    (room as i64).into(),
+                ];
+                plans::execute(
+                    client,
+                    // From the position on, in the order of the (txid, id) index; every
+                    // txid here is at or above done's xmax, so invisible in done. The
+                    // output column must not be named txid, or ORDER BY would sort text.
+                    "SELECT o.id, o.txid::text AS txid_text FROM txevents.outbox o
+                      WHERE (o.txid, o.id) > ($2::xid8, $3::bigint)
+                        AND o.txid < pg_snapshot_xmax($1::pg_snapshot)
+                        AND pg_visible_in_snapshot(o.txid, $1::pg_snapshot)
+                        AND ($4::text[] IS NULL OR o.event_type = ANY($4::text[]))
+                      ORDER BY o.txid, o.id LIMIT $5",
+                    None,
+                    &args,
+                )?
+            };
             let mut found = 0;
             let mut last = None;
             for row in rows {
@@ -415,22 +454,32 @@ fn poll(
                 found += 1;
                 last = Some((txid, id));
             }
+            if found > 0 {
+                state_changed = true;
+            }
             if found == room {
                 if let Some((Some(txid), id)) = last {
                     group.pos_txid = txid;
                     group.pos_id = id;
                 }
-                state_changed = true;
                 break;
+            }
+            if in_xip_phase {
+                // The transactions that were running at `done` are read; go on from
+                // its xmax, in the same range.
+                group.pos_txid = done.xmax.to_string();
+                group.pos_id = 0;
+                continue;
             }
             // Range exhausted: all of it is claimed.
             group.done = range;
             group.range = None;
-            if !fresh {
+            if !fresh_this_poll {
+                // The stored range is finished; fill the batch from a fresh one.
                 state_changed = true;
                 continue;
             }
-            if found > 0 || xmin_of(&group.done) != old_done_xmin {
+            if xmin_of(&group.done) != old_done_xmin {
                 state_changed = true;
             }
             break;

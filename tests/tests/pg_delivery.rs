@@ -605,3 +605,91 @@ fn delivery_order_is_numeric_across_a_decimal_digit_boundary_of_txids() {
     }
     assert_eq!(got, expected);
 }
+
+/// Interleaves open, committing and rolling-back transactions on three sessions with
+/// small polls (a fixed pseudo-random schedule per seed) and checks the delivery
+/// rule: every committed event exactly once, nothing rolled back, whatever the order
+/// of commits and however long a transaction stays open.
+#[test]
+fn interleaved_transactions_deliver_every_committed_event_exactly_once() {
+    let db = pg().create_db("interleaved_transactions_exactly_once");
+    let mut admin = db.connect();
+    create(&mut admin, "'g'");
+    let mut sessions: Vec<Client> = (0..3).map(|_| db.connect()).collect();
+    let mut open = [false; 3];
+    let mut pending: [Vec<i64>; 3] = Default::default();
+    let mut committed: HashSet<i64> = HashSet::new();
+    let mut rolled_back: HashSet<i64> = HashSet::new();
+    let mut delivered: Vec<i64> = Vec::new();
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % n
+    };
+    for step in 0..600 {
+        let s = next(3) as usize;
+        match next(10) {
+            0..=4 => {
+                let c = &mut sessions[s];
+                let id = emit(c, &format!("step.{step}"));
+                if open[s] {
+                    pending[s].push(id);
+                } else {
+                    committed.insert(id);
+                }
+            }
+            5 => {
+                if !open[s] {
+                    sessions[s].batch_execute("BEGIN").expect("begin");
+                    open[s] = true;
+                }
+            }
+            6 => {
+                if open[s] {
+                    sessions[s].batch_execute("COMMIT").expect("commit");
+                    committed.extend(pending[s].drain(..));
+                    open[s] = false;
+                }
+            }
+            7 => {
+                // Rarely roll back; session 0 tends to stay open a long time.
+                if open[s] && s != 0 && next(3) == 0 {
+                    sessions[s].batch_execute("ROLLBACK").expect("rollback");
+                    rolled_back.extend(pending[s].drain(..));
+                    open[s] = false;
+                }
+            }
+            _ => {
+                let got = polled_ids(&poll(&mut admin, "g", 1 + next(5) as i32, "5 min"));
+                ack(&mut admin, "g", &got);
+                delivered.extend(got);
+            }
+        }
+    }
+    for (s, session) in sessions.iter_mut().enumerate() {
+        if open[s] {
+            session.batch_execute("COMMIT").expect("commit");
+            committed.extend(pending[s].drain(..));
+        }
+    }
+    delivered.extend(drain_group(&mut admin, "g"));
+    let unique: HashSet<i64> = delivered.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        delivered.len(),
+        "an event was delivered twice"
+    );
+    assert!(
+        unique.is_disjoint(&rolled_back),
+        "a rolled-back event was delivered"
+    );
+    let missing: Vec<i64> = committed.difference(&unique).copied().collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    assert_eq!(unique, committed);
+    assert!(
+        !rolled_back.is_empty() && committed.len() > 100,
+        "the schedule exercised little"
+    );
+}
