@@ -54,6 +54,10 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
     // errors raised inside are Postgres ERRORs that pgrx turns into Rust panics and
     // back, and the transaction abort releases the relation and slot.
     unsafe {
+        // The checks the executor would make for an INSERT.
+        pg_sys::PreventCommandIfReadOnly(c"txevents.emit()".as_ptr());
+        pg_sys::PreventCommandIfParallelMode(c"txevents.emit()".as_ptr());
+        pg_sys::PreventCommandDuringRecovery(c"txevents.emit()".as_ptr());
         let namespace = pg_sys::get_namespace_oid(c"txevents".as_ptr(), false);
         let relid = relation(namespace, c"outbox")?;
         let seqid = relation(namespace, c"outbox_id_seq")?;

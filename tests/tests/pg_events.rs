@@ -367,3 +367,28 @@ fn capture_emits_row_changes_until_uncapture() {
         "must not be empty",
     );
 }
+
+#[test]
+fn emit_is_refused_in_a_read_only_transaction() {
+    let db = pg().create_db("emit_is_refused_in_a_read_only_transaction");
+    let mut c = db.connect();
+    c.batch_execute("BEGIN READ ONLY").expect("begin");
+    expect_error(
+        &mut c,
+        "SELECT txevents.emit('x.y')",
+        "25006",
+        "read-only transaction",
+    );
+    c.batch_execute("ROLLBACK").expect("rollback");
+    c.batch_execute("SET default_transaction_read_only = on")
+        .expect("set");
+    expect_error(
+        &mut c,
+        "SELECT txevents.invalidate_namespace('p')",
+        "25006",
+        "read-only transaction",
+    );
+    c.batch_execute("SET default_transaction_read_only = off")
+        .expect("set");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM txevents.outbox"), 0);
+}
