@@ -6,6 +6,9 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 /// Everything a txevents function can refuse.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TxEventsError {
+    /// Someone added to txevents.outbox what emit's direct insert cannot honour.
+    #[error("txevents.outbox has {0}, which emit's direct insert would bypass; remove it (write your own table from a consumer instead)")]
+    OutboxAltered(&'static str),
     /// A required argument was SQL NULL.
     #[error("{0} must not be null")]
     NullArgument(&'static str),
@@ -63,6 +66,9 @@ impl TxEventsError {
     /// The SQLSTATE clients see.
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
+            TxEventsError::OutboxAltered(_) => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             TxEventsError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             TxEventsError::EmptyEventType
             | TxEventsError::EventTypeTooLong(_)

@@ -6,7 +6,9 @@
 //! the tuple, `simple_heap_insert` it (WAL, TOAST and statistics included) and insert
 //! it into each index of the table, with uniqueness checked. The table has no
 //! triggers, rules, CHECK constraints or expression indexes (`sql/bootstrap.sql`), and
-//! only the extension writes it, so nothing the executor would add is skipped.
+//! only the extension writes it, so nothing the executor would add is skipped. If
+//! someone adds a trigger, rule, row level security or a CHECK constraint to it,
+//! `emit` refuses (SQLSTATE 55000) instead of bypassing it.
 
 use std::ffi::CStr;
 
@@ -69,6 +71,23 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
                 "txevents.outbox has {} columns, this build writes {COLUMNS}: update the extension",
                 (*desc).natts
             )));
+        }
+        // What the executor would honour and this path would not: refuse rather
+        // than skip it silently.
+        let bypassed = if !(*rel).trigdesc.is_null() {
+            Some("a trigger")
+        } else if !(*rel).rd_rules.is_null() {
+            Some("a rule")
+        } else if (*(*rel).rd_rel).relrowsecurity {
+            Some("row level security")
+        } else if !(*desc).constr.is_null() && (*(*desc).constr).num_check > 0 {
+            Some("a CHECK constraint")
+        } else {
+            None
+        };
+        if let Some(what) = bypassed {
+            pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            return Err(TxEventsError::OutboxAltered(what));
         }
         let id = pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(seqid, false));
         let txid = pg_sys::GetTopFullTransactionId().value;

@@ -273,3 +273,44 @@ fn notify_off_and_custom_channel() {
         "notify=off still records the event"
     );
 }
+
+#[test]
+fn emit_refuses_an_outbox_it_would_bypass() {
+    let db = pg().create_db("emit_refuses_an_outbox_it_would_bypass");
+    let mut client = db.connect();
+    let alterations = [
+        (
+            "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+             CREATE TRIGGER audit BEFORE INSERT ON txevents.outbox FOR EACH ROW EXECUTE FUNCTION audit()",
+            "DROP TRIGGER audit ON txevents.outbox",
+            "a trigger",
+        ),
+        (
+            "ALTER TABLE txevents.outbox ADD CONSTRAINT short CHECK (length(event_type) < 100)",
+            "ALTER TABLE txevents.outbox DROP CONSTRAINT short",
+            "a CHECK constraint",
+        ),
+        (
+            "ALTER TABLE txevents.outbox ENABLE ROW LEVEL SECURITY",
+            "ALTER TABLE txevents.outbox DISABLE ROW LEVEL SECURITY",
+            "row level security",
+        ),
+    ];
+    for (alter, undo, what) in alterations {
+        client.batch_execute(alter).expect(alter);
+        let err = client
+            .batch_execute("SELECT txevents.emit('a.b')")
+            .expect_err(what);
+        assert_eq!(sqlstate(&err).as_deref(), Some("55000"), "{what}: {err:?}");
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        assert!(message.contains(what), "{message}");
+        client.batch_execute(undo).expect(undo);
+    }
+    client
+        .batch_execute("SELECT txevents.emit('a.b')")
+        .expect("emit after undoing");
+    assert_eq!(outbox_count(&mut client), 1);
+}
