@@ -4,58 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cachetx_shared::{CacheInvalidation, Envelope, InvalidationScope, NamespaceStats, StatsReport};
+use cachetx_shared::{CacheInvalidation, Envelope, InvalidationScope, StatsReport};
+use cachetx_tests::nscache::{dbsize, fill, get, rewrite_aof, set, stats};
 use cachetx_tests::{wait_until, RedisCluster, RedisServer};
 use redis::{Commands, Connection, Value};
-
-fn stats(conn: &mut Connection, prefix: &str) -> NamespaceStats {
-    let json: String = redis::cmd("NSCACHE.STATS")
-        .arg(prefix)
-        .arg("JSON")
-        .query(conn)
-        .expect("NSCACHE.STATS JSON");
-    NamespaceStats::parse(&json)
-        .unwrap_or_else(|e| panic!("STATS JSON does not parse: {e}\n{json}"))
-}
-
-fn set(conn: &mut Connection, prefix: &str, key: &str, ttl: u64, value: &str) {
-    let reply: Value = redis::cmd("NSCACHE.SET")
-        .arg(prefix)
-        .arg(key)
-        .arg(ttl)
-        .arg(value)
-        .query(conn)
-        .expect("NSCACHE.SET");
-    assert_eq!(reply, Value::Okay);
-}
-
-fn get(conn: &mut Connection, prefix: &str, key: &str) -> Option<String> {
-    redis::cmd("NSCACHE.GET")
-        .arg(prefix)
-        .arg(key)
-        .query(conn)
-        .expect("NSCACHE.GET")
-}
-
-/// Loads `n` entries `key0..` into `prefix` with one pipeline.
-fn fill(conn: &mut Connection, prefix: &str, n: usize, ttl: u64, value: &str) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
-        let mut pipe = redis::pipe();
-        for i in chunk {
-            pipe.cmd("NSCACHE.SET")
-                .arg(prefix)
-                .arg(format!("key{i}"))
-                .arg(ttl)
-                .arg(value)
-                .ignore();
-        }
-        let _: () = pipe.query(conn).expect("pipelined NSCACHE.SET");
-    }
-}
-
-fn dbsize(conn: &mut Connection) -> i64 {
-    redis::cmd("DBSIZE").query(conn).expect("DBSIZE")
-}
 
 fn pexpiretime(conn: &mut Connection, stored: &str) -> i64 {
     redis::cmd("PEXPIRETIME")
@@ -240,16 +192,7 @@ fn aof_replay_and_rewrite_keep_values_ttls_and_invalidations() {
     assert_eq!(get(&mut conn, "b", "x\0y").as_deref(), Some("bin\r\nvalue"));
     assert_eq!(pexpiretime(&mut conn, "a:{live}"), expiry);
 
-    let _: () = redis::cmd("BGREWRITEAOF")
-        .query(&mut conn)
-        .expect("BGREWRITEAOF");
-    wait_until(Duration::from_secs(20), "AOF rewrite", || {
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query(&mut conn)
-            .expect("INFO");
-        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
-    });
+    rewrite_aof(&mut conn);
     server.restart();
     let mut conn = server.conn();
     assert_eq!(get(&mut conn, "a", "gone"), None);

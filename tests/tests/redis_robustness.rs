@@ -3,59 +3,9 @@
 
 use std::time::Duration;
 
-use cachetx_shared::NamespaceStats;
+use cachetx_tests::nscache::{config_set, fill, get, rewrite_aof, set, stats};
 use cachetx_tests::{wait_until, RedisServer};
 use redis::{Connection, Value};
-
-fn stats(conn: &mut Connection, prefix: &str) -> NamespaceStats {
-    let json: String = redis::cmd("NSCACHE.STATS")
-        .arg(prefix)
-        .arg("JSON")
-        .query(conn)
-        .expect("STATS JSON");
-    NamespaceStats::parse(&json).expect("stats parse")
-}
-
-fn set(conn: &mut Connection, prefix: &str, key: &str, value: &str) {
-    let reply: Value = redis::cmd("NSCACHE.SET")
-        .arg(prefix)
-        .arg(key)
-        .arg(600)
-        .arg(value)
-        .query(conn)
-        .expect("SET");
-    assert_eq!(reply, Value::Okay);
-}
-
-fn get(conn: &mut Connection, prefix: &str, key: &str) -> Option<String> {
-    redis::cmd("NSCACHE.GET")
-        .arg(prefix)
-        .arg(key)
-        .query(conn)
-        .expect("GET")
-}
-
-fn fill(conn: &mut Connection, prefix: &str, n: usize) {
-    let mut pipe = redis::pipe();
-    for i in 0..n {
-        pipe.cmd("NSCACHE.SET")
-            .arg(prefix)
-            .arg(format!("k{i}"))
-            .arg(600)
-            .arg("v")
-            .ignore();
-    }
-    let _: () = pipe.query(conn).expect("fill");
-}
-
-fn config_set(conn: &mut Connection, name: &str, value: &str) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query(conn)
-        .expect("CONFIG SET");
-}
 
 fn alive(server: &RedisServer) {
     let pong: String = redis::cmd("PING")
@@ -116,7 +66,7 @@ fn error_replies_with_any_bytes_never_take_the_server_down() {
 fn paused_writes_stop_the_sweep_and_lazy_reclaim_instead_of_crashing() {
     let server = RedisServer::start();
     let mut conn = server.conn();
-    fill(&mut conn, "p", 5000);
+    fill(&mut conn, "p", 5000, 600, "v");
     config_set(&mut conn, "nscache.sweep-budget", "10");
     let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
         .arg("p")
@@ -128,7 +78,7 @@ fn paused_writes_stop_the_sweep_and_lazy_reclaim_instead_of_crashing() {
         .expect("CLIENT PAUSE");
     // Reads run during a write pause; a stale hit must not propagate a delete.
     for i in (0..5000).step_by(500) {
-        assert_eq!(get(&mut conn, "p", &format!("k{i}")), None);
+        assert_eq!(get(&mut conn, "p", &format!("key{i}")), None);
     }
     std::thread::sleep(Duration::from_millis(1700));
     alive(&server);
@@ -144,7 +94,7 @@ fn paused_writes_stop_the_sweep_and_lazy_reclaim_instead_of_crashing() {
 fn a_truncated_restore_payload_is_refused() {
     let server = RedisServer::start();
     let mut conn = server.conn();
-    set(&mut conn, "p", "k", "some value");
+    set(&mut conn, "p", "k", 600, "some value");
     let dump: Vec<u8> = redis::cmd("DUMP")
         .arg("p:{k}")
         .query(&mut conn)
@@ -204,7 +154,7 @@ fn restored_entries_keep_their_validity_whatever_the_target_generation() {
     let target = RedisServer::start();
     let (mut a, mut b) = (source.conn(), target.conn());
     config_set(&mut a, "nscache.sweep-budget", "10");
-    fill(&mut a, "mi", 3000);
+    fill(&mut a, "mi", 3000, 600, "v");
     let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
         .arg("mi")
         .query(&mut a)
@@ -213,16 +163,16 @@ fn restored_entries_keep_their_validity_whatever_the_target_generation() {
         .arg("mi")
         .query(&mut a)
         .expect("INVALIDATE");
-    set(&mut a, "mi", "live", "fresh");
+    set(&mut a, "mi", "live", 600, "fresh");
     let stale: Vec<u8> = redis::cmd("DUMP")
-        .arg("mi:{k2999}")
+        .arg("mi:{key2999}")
         .query(&mut a)
         .expect("DUMP of a stale entry");
     let live: Vec<u8> = redis::cmd("DUMP")
         .arg("mi:{live}")
         .query(&mut a)
         .expect("DUMP");
-    for (name, payload) in [("mi:{k2999}", &stale), ("mi:{live}", &live)] {
+    for (name, payload) in [("mi:{key2999}", &stale), ("mi:{live}", &live)] {
         let _: () = redis::cmd("RESTORE")
             .arg(name)
             .arg(0)
@@ -232,13 +182,13 @@ fn restored_entries_keep_their_validity_whatever_the_target_generation() {
     }
     assert_eq!(get(&mut b, "mi", "live").as_deref(), Some("fresh"));
     assert_eq!(
-        get(&mut b, "mi", "k2999"),
+        get(&mut b, "mi", "key2999"),
         None,
         "invalidated on the source, invalid here"
     );
     // Bumping the target's generation past the source's never revives it.
     let _: () = redis::cmd("RESTORE")
-        .arg("mi:{k2999}")
+        .arg("mi:{key2999}")
         .arg(0)
         .arg(&stale)
         .arg("REPLACE")
@@ -249,7 +199,7 @@ fn restored_entries_keep_their_validity_whatever_the_target_generation() {
             .arg("mi")
             .query(&mut b)
             .expect("INVALIDATE");
-        assert_eq!(get(&mut b, "mi", "k2999"), None);
+        assert_eq!(get(&mut b, "mi", "key2999"), None);
     }
 }
 
@@ -264,7 +214,7 @@ fn a_full_sync_replaces_the_replicas_own_generations() {
             .query(&mut r)
             .expect("INVALIDATE on the future replica");
     }
-    set(&mut p, "g", "k", "v1");
+    set(&mut p, "g", "k", 600, "v1");
     // The replica must not refuse the primary's writes over its namespace cap.
     config_set(&mut r, "nscache.max-namespaces", "1");
     let port = primary.port().to_string();
@@ -281,7 +231,7 @@ fn a_full_sync_replaces_the_replicas_own_generations() {
         info.contains("master_link_status:up")
     });
     for ns in ["n2", "n3", "n4"] {
-        set(&mut p, ns, "k", "v");
+        set(&mut p, ns, "k", 600, "v");
     }
     let _: i64 = redis::cmd("WAIT")
         .arg(1)
@@ -306,13 +256,13 @@ fn a_full_sync_replaces_the_replicas_own_generations() {
 fn del_counts_a_key_named_twice_once() {
     let server = RedisServer::start();
     let mut conn = server.conn();
-    set(&mut conn, "p", "a", "1");
+    set(&mut conn, "p", "a", 600, "1");
     let n: i64 = redis::cmd("NSCACHE.DEL")
         .arg(&["p", "a", "a", "a"])
         .query(&mut conn)
         .expect("DEL");
     assert_eq!(n, 1);
-    set(&mut conn, "p", "{b}", "2");
+    set(&mut conn, "p", "{b}", 600, "2");
     let n: i64 = redis::cmd("NSCACHE.DEL")
         .arg(&["p", "b", "{b}", "{b}"])
         .query(&mut conn)
@@ -328,12 +278,12 @@ fn del_counts_a_key_named_twice_once() {
 fn entries_moved_behind_a_running_sweep_are_still_reclaimed() {
     let server = RedisServer::start();
     let mut conn = server.conn();
-    fill(&mut conn, "sw", 3000);
+    fill(&mut conn, "sw", 3000, 600, "v");
     let _: () = redis::cmd("SELECT")
         .arg(1)
         .query(&mut conn)
         .expect("SELECT");
-    fill(&mut conn, "sw", 3000);
+    fill(&mut conn, "sw", 3000, 600, "v");
     config_set(&mut conn, "nscache.sweep-budget", "10");
     let _: i64 = redis::cmd("NSCACHE.INVALIDATE")
         .arg("sw")
@@ -367,7 +317,7 @@ fn entries_moved_behind_a_running_sweep_are_still_reclaimed() {
 fn a_plain_key_expiring_after_a_del_is_not_counted() {
     let server = RedisServer::start();
     let mut conn = server.conn();
-    set(&mut conn, "e", "z", "v");
+    set(&mut conn, "e", "z", 600, "v");
     let _: i64 = redis::cmd("DEL")
         .arg("e:{z}")
         .query(&mut conn)
@@ -391,8 +341,8 @@ fn aof_rewrite_without_preamble_keeps_renamed_and_persisted_entries() {
     let mut server =
         RedisServer::start_with(&["--appendonly", "yes", "--aof-use-rdb-preamble", "no"]);
     let mut conn = server.conn();
-    set(&mut conn, "ab", "x", "renamed");
-    set(&mut conn, "ab", "persisted", "kept");
+    set(&mut conn, "ab", "x", 600, "renamed");
+    set(&mut conn, "ab", "persisted", 600, "kept");
     let _: () = redis::cmd("RENAME")
         .arg("ab:{x}")
         .arg("elsewhere")
@@ -402,16 +352,7 @@ fn aof_rewrite_without_preamble_keeps_renamed_and_persisted_entries() {
         .arg("ab:{persisted}")
         .query(&mut conn)
         .expect("PERSIST");
-    let _: () = redis::cmd("BGREWRITEAOF")
-        .query(&mut conn)
-        .expect("BGREWRITEAOF");
-    wait_until(Duration::from_secs(20), "AOF rewrite", || {
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query(&mut conn)
-            .expect("INFO");
-        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
-    });
+    rewrite_aof(&mut conn);
     server.restart();
     let mut conn = server.conn();
     std::thread::sleep(Duration::from_millis(1200));
