@@ -61,29 +61,6 @@ pub fn stored_name_into(prefix: &str, key: &[u8], form: KeyForm, out: &mut Vec<u
     }
 }
 
-/// Returns the stored name of `key` in namespace `prefix`.
-pub fn stored_name(prefix: &str, key: &[u8], form: KeyForm) -> Vec<u8> {
-    let mut out = Vec::new();
-    stored_name_into(prefix, key, form, &mut out);
-    out
-}
-
-/// Recovers the user's key from a stored name, given the namespace and the form
-/// recorded in the entry (used when rewriting the AOF).
-pub fn user_key<'a>(prefix: &str, stored: &'a [u8], form: KeyForm) -> Option<&'a [u8]> {
-    let rest = stored.strip_prefix(prefix.as_bytes())?.strip_prefix(b":")?;
-    match form {
-        KeyForm::Tagged => Some(rest),
-        KeyForm::Wrapped => rest.strip_prefix(b"{")?.strip_suffix(b"}"),
-    }
-}
-
-/// Returns the namespace part of a stored name (`prefix` of `prefix:...`).
-pub fn prefix_of(stored: &[u8]) -> Option<&[u8]> {
-    let colon = stored.iter().position(|&b| b == b':')?;
-    Some(&stored[..colon])
-}
-
 /// CRC16-CCITT (XMODEM), the checksum Redis Cluster uses for key slots.
 pub fn crc16(data: &[u8]) -> u16 {
     let mut crc: u16 = 0;
@@ -108,6 +85,12 @@ pub fn key_slot(key: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stored_name(prefix: &str, key: &[u8], form: KeyForm) -> Vec<u8> {
+        let mut out = Vec::new();
+        stored_name_into(prefix, key, form, &mut out);
+        out
+    }
 
     fn store(prefix: &str, key: &[u8]) -> Result<Vec<u8>, CacheError> {
         key_form(key).map(|form| stored_name(prefix, key, form))
@@ -172,21 +155,5 @@ mod tests {
             let stored = store("ns.v-1_x", key).unwrap();
             assert_eq!(key_slot(&stored), key_slot(key), "key {key:?}");
         }
-    }
-
-    #[test]
-    fn user_key_inverts_stored_name() {
-        for key in [&b"42"[..], b"{7}", b"user:{7}:x", b"a{b"] {
-            let form = key_form(key).unwrap();
-            let stored = stored_name("p", key, form);
-            assert_eq!(user_key("p", &stored, form), Some(key));
-        }
-        assert_eq!(user_key("q", b"p:{1}", KeyForm::Wrapped), None);
-    }
-
-    #[test]
-    fn prefix_of_stops_at_first_colon() {
-        assert_eq!(prefix_of(b"p:{a:b}"), Some(&b"p"[..]));
-        assert_eq!(prefix_of(b"nocolon"), None);
     }
 }

@@ -1,39 +1,12 @@
 //! txevents against a private Postgres cluster: emit, post-commit NOTIFY, bad input.
 
-use std::time::Duration;
+mod pg_common;
 
 use cachetx_shared::NotifyPayload;
-use cachetx_tests::{pg, sqlstate, TestDb};
+use cachetx_tests::{pg, sqlstate};
+use pg_common::{event_types, expect_error, Listener, QUIET};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
-
-/// A connection that LISTENs on the txevents channel.
-struct Listener(Client);
-
-impl Listener {
-    fn new(db: &TestDb) -> Listener {
-        let mut client = db.connect();
-        client.batch_execute("LISTEN txevents").expect("LISTEN");
-        Listener(client)
-    }
-
-    /// Every notification that arrives within `quiet` of the previous one.
-    fn drain(&mut self, quiet: Duration) -> Vec<NotifyPayload> {
-        let mut notifications = self.0.notifications();
-        let mut out = Vec::new();
-        let mut iter = notifications.timeout_iter(quiet);
-        while let Some(n) = iter.next().expect("notification stream") {
-            assert_eq!(n.channel(), "txevents");
-            out.push(NotifyPayload::parse(n.payload()).unwrap_or_else(|e| {
-                panic!(
-                    "payload does not parse with cachetx-shared: {e}\n{}",
-                    n.payload()
-                )
-            }));
-        }
-        out
-    }
-}
 
 fn outbox_count(client: &mut Client) -> i64 {
     client
@@ -41,15 +14,6 @@ fn outbox_count(client: &mut Client) -> i64 {
         .expect("count")
         .get(0)
 }
-
-fn event_types(payloads: &[NotifyPayload]) -> Vec<String> {
-    payloads
-        .iter()
-        .map(|p| p.event_type().to_string())
-        .collect()
-}
-
-const QUIET: Duration = Duration::from_millis(400);
 
 #[test]
 fn one_notification_per_event_after_commit() {
@@ -229,13 +193,7 @@ fn bad_arguments_raise_specific_sqlstates_and_insert_nothing() {
         ),
     ];
     for (sql, code, text) in cases {
-        let err = client.batch_execute(sql).expect_err(sql);
-        assert_eq!(sqlstate(&err).as_deref(), Some(code), "{sql}: {err:?}");
-        let message = err
-            .as_db_error()
-            .map(|e| e.message().to_string())
-            .unwrap_or_default();
-        assert!(message.contains(text), "{sql}: message {message:?}");
+        expect_error(&mut client, sql, code, text);
     }
     assert_eq!(outbox_count(&mut client), 0);
     assert!(listener.drain(QUIET).is_empty());
@@ -298,15 +256,7 @@ fn emit_refuses_an_outbox_it_would_bypass() {
     ];
     for (alter, undo, what) in alterations {
         client.batch_execute(alter).expect(alter);
-        let err = client
-            .batch_execute("SELECT txevents.emit('a.b')")
-            .expect_err(what);
-        assert_eq!(sqlstate(&err).as_deref(), Some("55000"), "{what}: {err:?}");
-        let message = err
-            .as_db_error()
-            .map(|e| e.message().to_string())
-            .unwrap_or_default();
-        assert!(message.contains(what), "{message}");
+        expect_error(&mut client, "SELECT txevents.emit('a.b')", "55000", what);
         client.batch_execute(undo).expect(undo);
     }
     client
