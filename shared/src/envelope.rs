@@ -2,6 +2,7 @@
 //! Redis and their clients.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ParseError;
@@ -102,10 +103,74 @@ impl TryFrom<Value> for Envelope {
     }
 }
 
+/// An envelope whose payload and headers are JSON texts written out verbatim.
+///
+/// [`Envelope`] holds them as `serde_json::Value`, which cannot keep every number of
+/// a Postgres `jsonb` (integers beyond 64 bits, decimals beyond an `f64`'s precision).
+/// This borrowed form serializes to the same wire layout as [`Envelope::to_json`],
+/// with `payload` and `headers` copied byte for byte from the given texts.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct RawEnvelope<'a> {
+    /// Format version, [`FORMAT_VERSION`].
+    pub v: u32,
+    /// Event id, >= 1.
+    pub id: i64,
+    /// Event type, non-empty.
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    /// Kind of the aggregate the event is about.
+    pub aggregate_type: Option<&'a str>,
+    /// Id of the aggregate the event is about.
+    pub aggregate_id: Option<&'a str>,
+    /// Event data: the text of a JSON object.
+    pub payload: &'a RawValue,
+    /// Metadata: the text of a JSON object.
+    pub headers: &'a RawValue,
+    /// When the event was emitted.
+    pub occurred_at: Timestamp,
+    /// Postgres transaction id (xid8) of the emitting transaction.
+    pub txid: Option<u64>,
+}
+
+impl RawEnvelope<'_> {
+    /// JSON in the wire layout, fields in wire order; payload and headers verbatim.
+    pub fn to_json(&self) -> String {
+        json::to_json(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn raw_envelope_writes_the_wire_layout_and_keeps_numbers() {
+        let e = sample();
+        let payload = RawValue::from_string(r#"{"name":"Ada"}"#.to_string()).expect("json");
+        let headers = RawValue::from_string("{}".to_string()).expect("json");
+        let raw = RawEnvelope {
+            v: e.v,
+            id: e.id,
+            event_type: &e.event_type,
+            aggregate_type: e.aggregate_type.as_deref(),
+            aggregate_id: e.aggregate_id.as_deref(),
+            payload: &payload,
+            headers: &headers,
+            occurred_at: e.occurred_at,
+            txid: e.txid,
+        };
+        assert_eq!(raw.to_json(), e.to_json());
+
+        let big = r#"{"m": 12345678901234567890123, "d": 0.1000000000000000055511151231257827, "n": 1e40, "z": -0}"#;
+        let payload = RawValue::from_string(big.to_string()).expect("json");
+        let text = RawEnvelope {
+            payload: &payload,
+            ..raw
+        }
+        .to_json();
+        assert!(text.contains(&format!(r#""payload":{big},"#)), "{text}");
+    }
 
     fn sample() -> Envelope {
         Envelope {

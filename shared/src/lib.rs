@@ -30,7 +30,7 @@ pub mod timestamp;
 
 mod json;
 
-pub use envelope::{Envelope, FORMAT_VERSION};
+pub use envelope::{Envelope, RawEnvelope, FORMAT_VERSION};
 pub use error::ParseError;
 pub use invalidation::{
     CacheInvalidation, InvalidationScope, INVALIDATED_EVENT_TYPE, INVALIDATE_EVENT_TYPE,

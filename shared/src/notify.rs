@@ -8,7 +8,7 @@ use std::io;
 
 use serde::Serialize;
 
-use crate::envelope::{Envelope, FORMAT_VERSION};
+use crate::envelope::{Envelope, RawEnvelope, FORMAT_VERSION};
 use crate::error::ParseError;
 use crate::json;
 
@@ -35,10 +35,10 @@ pub enum NotifyPayload {
 }
 
 #[derive(Serialize)]
-struct EventWire<'a> {
+struct EventWire<'a, E> {
     v: u32,
     kind: &'static str,
-    event: &'a Envelope,
+    event: &'a E,
 }
 
 #[derive(Serialize)]
@@ -115,6 +115,16 @@ impl NotifyPayload {
         }
     }
 
+    /// The notification text for an event whose payload and headers are kept as JSON
+    /// text: inline when at most [`NOTIFY_PAYLOAD_LIMIT`] bytes, else the reference.
+    /// Numbers and everything else in payload and headers are copied verbatim.
+    pub fn encode_for_raw_envelope(envelope: &RawEnvelope<'_>) -> String {
+        match inline_json(envelope) {
+            Some(text) => text,
+            None => ref_json(envelope.id, envelope.event_type),
+        }
+    }
+
     /// The event id.
     pub fn id(&self) -> i64 {
         match self {
@@ -142,7 +152,7 @@ pub fn encode_for_envelope(envelope: &Envelope) -> String {
     NotifyPayload::encode_for_envelope(envelope)
 }
 
-fn event_wire(envelope: &Envelope) -> EventWire<'_> {
+fn event_wire<E: Serialize>(envelope: &E) -> EventWire<'_, E> {
     EventWire {
         v: FORMAT_VERSION,
         kind: "event",
@@ -160,7 +170,7 @@ fn ref_json(id: i64, event_type: &str) -> String {
 }
 
 /// The inline notification text, or `None` if it would exceed the limit.
-fn inline_json(envelope: &Envelope) -> Option<String> {
+fn inline_json<E: Serialize>(envelope: &E) -> Option<String> {
     let mut out = CappedWriter {
         buf: Vec::with_capacity(INITIAL_CAPACITY),
         cap: NOTIFY_PAYLOAD_LIMIT,
@@ -263,6 +273,32 @@ mod tests {
             assert_eq!(for_envelope(e.clone()).to_json(), text);
             assert!(text.len() <= NOTIFY_PAYLOAD_LIMIT);
             assert_eq!(NotifyPayload::parse(&text).map(|p| p.id()), Ok(42));
+        }
+    }
+
+    #[test]
+    fn raw_envelope_notifications_match_and_switch_to_ref() {
+        for pad in [0, 10, 7900, 8000, 20_000] {
+            let e = envelope_with_padding(pad);
+            let payload_text = serde_json::to_string(&e.payload).expect("json");
+            let payload = serde_json::value::RawValue::from_string(payload_text).expect("json");
+            let headers = serde_json::value::RawValue::from_string("{}".into()).expect("json");
+            let raw = RawEnvelope {
+                v: e.v,
+                id: e.id,
+                event_type: &e.event_type,
+                aggregate_type: e.aggregate_type.as_deref(),
+                aggregate_id: e.aggregate_id.as_deref(),
+                payload: &payload,
+                headers: &headers,
+                occurred_at: e.occurred_at,
+                txid: e.txid,
+            };
+            assert_eq!(
+                NotifyPayload::encode_for_raw_envelope(&raw),
+                NotifyPayload::encode_for_envelope(&e),
+                "pad {pad}"
+            );
         }
     }
 
