@@ -1,20 +1,21 @@
 //! Checks of the harness itself. The Postgres checks use no extension, so they run
 //! before txevents is installed; the Redis checks need the nscache module (`make build`)
-//! and report a skip on stderr when it is missing.
+//! and fail, saying so, when it is missing.
 
 use std::time::Duration;
 
 use cachetx_tests::{free_port, nscache_module, pg, sqlstate, wait_until, RedisServer};
 
-fn module_built() -> bool {
-    let built = nscache_module().is_file();
-    if !built {
-        eprintln!(
-            "skipping: nscache module not built at {}",
-            nscache_module().display()
-        );
-    }
-    built
+/// Panics, telling how to build it, when the nscache module is missing: a Redis
+/// check that passed without a server would hide a broken setup.
+fn require_module() {
+    let module = nscache_module();
+    assert!(
+        module.is_file(),
+        "nscache module not built at {}: run `make build` (or `cargo build --release -p nscache`), \
+         or set NSCACHE_MODULE to the path of libnscache.so",
+        module.display()
+    );
 }
 
 #[test]
@@ -102,9 +103,7 @@ fn postgres_databases_are_distinct() {
 
 #[test]
 fn redis_server_starts_restarts_and_stops() {
-    if !module_built() {
-        return;
-    }
+    require_module();
     let mut server = RedisServer::start_with(&["--appendonly", "yes"]);
     let mut conn = server.conn();
     let () = redis::cmd("SET")
@@ -129,9 +128,7 @@ fn redis_server_starts_restarts_and_stops() {
 
 #[test]
 fn redis_cluster_of_three() {
-    if !module_built() {
-        return;
-    }
+    require_module();
     let cluster = cachetx_tests::RedisCluster::start(3);
     let mut conn = cluster
         .client()
@@ -154,9 +151,7 @@ fn redis_cluster_of_three() {
 
 #[test]
 fn redis_cluster_of_one() {
-    if !module_built() {
-        return;
-    }
+    require_module();
     let cluster = cachetx_tests::RedisCluster::start(1);
     assert_eq!(cluster.node_for_slot(0).port(), cluster.nodes[0].port());
     assert_eq!(cluster.node_for_slot(16383).port(), cluster.nodes[0].port());
