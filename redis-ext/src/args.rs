@@ -32,6 +32,16 @@ pub fn parse_ttl(raw: &[u8]) -> CacheResult<i64> {
     }
 }
 
+/// The absolute expiry, in Unix milliseconds, of a write at `now_ms` with a
+/// `ttl` in seconds: an error rather than a wrapped or saturated time (a
+/// saturated one would be an entry that never expires).
+pub fn expire_at_ms(now_ms: i64, ttl: i64) -> CacheResult<i64> {
+    ttl.checked_mul(1000)
+        .and_then(|ms| now_ms.checked_add(ms))
+        .filter(|&at| at > 0)
+        .ok_or(CacheError::TtlTooLarge)
+}
+
 /// Parses a count argument: a whole number >= 1.
 pub fn parse_count(raw: &[u8]) -> CacheResult<usize> {
     std::str::from_utf8(raw)
@@ -109,6 +119,20 @@ pub fn ascii_escape(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_is_checked_not_saturated() {
+        assert_eq!(expire_at_ms(1_000, 2), Ok(3_000));
+        let now = 1_800_000_000_000;
+        assert!(expire_at_ms(now, MAX_TTL_SECONDS).is_ok());
+        assert_eq!(
+            expire_at_ms(i64::MAX - 10, 1),
+            Err(CacheError::TtlTooLarge),
+            "would saturate into an entry that never expires"
+        );
+        assert_eq!(expire_at_ms(0, i64::MAX), Err(CacheError::TtlTooLarge));
+        assert_eq!(expire_at_ms(-5_000, 1), Err(CacheError::TtlTooLarge));
+    }
 
     #[test]
     fn ttl_accepts_positive_whole_seconds() {

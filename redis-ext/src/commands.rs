@@ -10,7 +10,9 @@ use cachetx_shared::{
 };
 use redis_module::{raw, Context, ContextFlags, RedisResult, RedisString, RedisValue};
 
-use crate::args::{parse_count, parse_set_options, parse_ttl, SetCondition, MAX_VALUE_LEN};
+use crate::args::{
+    expire_at_ms, parse_count, parse_set_options, parse_ttl, SetCondition, MAX_VALUE_LEN,
+};
 use crate::datatype::charge_for;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{CacheError, CacheResult};
@@ -69,9 +71,11 @@ struct Target<'a> {
 thread_local! {
     // Reused for every stored name: one allocation less per command.
     static NAME_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    // The namespace of the previous command: most commands hit the namespace
-    // their predecessor used, and namespaces are never freed.
-    static LAST_NAMESPACE: std::cell::Cell<Option<&'static Namespace>> = const { std::cell::Cell::new(None) };
+    // The namespace of the previous command and the registry epoch it was
+    // looked up in: most commands hit the namespace their predecessor used. A
+    // namespace is freed only when forgotten, which bumps the epoch, so the
+    // pointer is never followed once it may dangle.
+    static LAST_NAMESPACE: std::cell::Cell<Option<(u64, &'static Namespace)>> = const { std::cell::Cell::new(None) };
 }
 
 fn target<'a>(ctx: &Context, prefix: &str, key: &'a RedisString) -> CacheResult<Target<'a>> {
@@ -134,11 +138,17 @@ fn slot<'a>(key: &'a OpenKey, ns: &Namespace, form: KeyForm) -> CacheResult<Slot
     })
 }
 
-/// The namespace called `prefix`, created if needed. The cap applies to
-/// clients only: a write that comes from the primary or the AOF already happened
-/// there and must not be dropped here.
+/// The namespace called `prefix`, created if needed (SPEC 2.6). The cap applies
+/// to clients only: a write that comes from the primary or the AOF already
+/// happened there and must not be dropped here. At the cap, the least recently
+/// used empty namespace is forgotten to make room; the error comes only when
+/// every namespace holds entries.
 fn namespace(ctx: &Context, prefix: &str) -> CacheResult<&'static Namespace> {
-    if let Some(ns) = LAST_NAMESPACE.get().filter(|ns| ns.name() == prefix) {
+    let epoch = crate::namespace::epoch();
+    if let Some((_, ns)) = LAST_NAMESPACE
+        .get()
+        .filter(|(seen, ns)| *seen == epoch && ns.name() == prefix)
+    {
         return Ok(ns);
     }
     let flags = ctx.get_flags();
@@ -148,8 +158,18 @@ fn namespace(ctx: &Context, prefix: &str) -> CacheResult<&'static Namespace> {
     } else {
         registry.get_or_create(prefix, config::max_namespaces(), config::topk())?
     };
-    LAST_NAMESPACE.set(Some(ns));
+    // Making room may have forgotten a namespace: take the epoch after.
+    LAST_NAMESPACE.set(Some((crate::namespace::epoch(), ns)));
     Ok(ns)
+}
+
+/// The namespace a read (or a command that can only remove) counts in: created
+/// like a write's so that a cold namespace's misses count, but None instead of
+/// an error when every namespace holds entries. A namespace this node does not
+/// have holds no entry here, so such a command has nothing to find, and its
+/// reply must not depend on the statistics' room.
+fn read_namespace(ctx: &Context, prefix: &str) -> Option<&'static Namespace> {
+    namespace(ctx, prefix).ok()
 }
 
 fn elapsed_ns(started: Instant) -> u64 {
@@ -181,6 +201,8 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         return Err(CacheError::ValueTooLarge(value.len(), MAX_VALUE_LEN));
     }
     let options = parse_set_options(args[5..].iter().map(RedisString::as_slice))?;
+    // Everything that can fail is computed before the keyspace is touched.
+    let expire_at = expire_at_ms(now_ms(), ttl)?;
     let ns = namespace(ctx, prefix)?;
 
     let key = OpenKey::write(ctx, &target.stored);
@@ -200,7 +222,6 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
             value,
             charge_for(target.stored.as_slice().len(), value.len()),
         );
-        let expire_at = now_ms().saturating_add(ttl * 1000);
         key.store(entry, Some(expire_at), occupied)?;
         drop(key);
         // Replicas and the AOF get the write and then this node's absolute
@@ -240,7 +261,12 @@ pub fn get(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     arity(args, 3, Some(3), "nscache.get")?;
     let prefix = prefix_arg(&args[1])?;
     let target = target(ctx, prefix, &args[2])?;
-    let ns = namespace(ctx, prefix)?;
+    let Some(ns) = read_namespace(ctx, prefix) else {
+        // No room to count it; still a WRONGTYPE check, then a miss.
+        OpenKey::read(ctx, &target.stored).content()?;
+        raw::reply_with_null(ctx.ctx);
+        return Ok(RedisValue::NoReply);
+    };
     let key = OpenKey::read(ctx, &target.stored);
     let found = slot(&key, ns, target.form)?;
     let hit = reply_found(ctx, &found);
@@ -261,7 +287,17 @@ pub fn mget(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     arity(args, 3, None, "nscache.mget")?;
     let prefix = prefix_arg(&args[1])?;
     let targets = targets(ctx, prefix, &args[2..])?;
-    let ns = namespace(ctx, prefix)?;
+    let Some(ns) = read_namespace(ctx, prefix) else {
+        // No room to count them; still WRONGTYPE checks, then misses.
+        for t in &targets {
+            OpenKey::read(ctx, &t.stored).content()?;
+        }
+        raw::reply_with_array(ctx.ctx, targets.len() as i64);
+        for _ in &targets {
+            raw::reply_with_null(ctx.ctx);
+        }
+        return Ok(RedisValue::NoReply);
+    };
     // Every key is checked before the first value is replied: a WRONGTYPE on
     // the third key cannot follow two values already sent.
     let keys: Vec<OpenKey> = targets
@@ -302,7 +338,8 @@ pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     arity(args, 3, None, "nscache.del")?;
     let prefix = prefix_arg(&args[1])?;
     let targets = targets(ctx, prefix, &args[2..])?;
-    let ns = namespace(ctx, prefix)?;
+    // DEL only removes: an unknown namespace has nothing here to remove.
+    let ns = read_namespace(ctx, prefix);
 
     // Check every key before deleting any, so a WRONGTYPE changes nothing.
     for t in &targets {
@@ -312,7 +349,8 @@ pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     // a stored name) is deleted and counted once.
     let mut deleted = 0u64;
     let mut changed = false;
-    for t in &targets {
+    for t in targets.iter().filter(|_| ns.is_some()) {
+        let Some(ns) = ns else { break };
         let key = OpenKey::write(ctx, &t.stored);
         let (live, remove) = match slot(&key, ns, t.form)? {
             Slot::Live(_) => (true, true),
@@ -338,9 +376,11 @@ pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
                 .collect(),
         ),
     );
-    let mut stats = ns.stats();
-    stats.counters.deletes += deleted;
-    stats.write_latency.record(elapsed_ns(started));
+    if let Some(ns) = ns {
+        let mut stats = ns.stats();
+        stats.counters.deletes += deleted;
+        stats.write_latency.record(elapsed_ns(started));
+    }
     Ok(RedisValue::Integer(deleted as i64))
 }
 
@@ -368,7 +408,12 @@ pub fn invalidate(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue
     let started = Instant::now();
     arity(args, 2, Some(2), "nscache.invalidate")?;
     let prefix = prefix_arg(&args[1])?;
-    let ns = namespace(ctx, prefix)?;
+    // A namespace this node does not have holds nothing here to invalidate; L1
+    // caches are still told (they may hold entries from other nodes).
+    let Some(ns) = read_namespace(ctx, prefix) else {
+        publish_invalidation(ctx, prefix, InvalidationScope::Namespace);
+        return Ok(RedisValue::Integer(0));
+    };
     let invalidated = ns.invalidate();
     sweeper::request();
     ctx.replicate_verbatim();
@@ -507,9 +552,19 @@ pub fn resetstats(_ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValu
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
+/// Whether the running command comes from AOF loading or the replication link
+/// rather than from a client.
+fn from_loading_or_primary(ctx: &Context) -> bool {
+    let flags = ctx.get_flags();
+    flags.contains(ContextFlags::LOADING) || flags.contains(ContextFlags::REPLICATED)
+}
+
 /// `NSCACHE.RESTOREENTRY stored prefix form value`: recreates an entry under an
 /// exact stored name, without expiry. Emitted by AOF rewrites (followed by the
 /// key's PEXPIREAT), where a renamed key has no `prefix key` to SET it by.
+///
+/// Only AOF loading and a primary's stream may run it: from a client it would
+/// create an entry that never expires, which NSCACHE.SET cannot.
 pub fn restoreentry(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     arity(args, 5, Some(5), "nscache.restoreentry")?;
     let stored = &args[1];
@@ -526,6 +581,10 @@ pub fn restoreentry(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisVal
     if value.len() > MAX_VALUE_LEN {
         return Err(CacheError::ValueTooLarge(value.len(), MAX_VALUE_LEN));
     }
+    // Checked after the arguments, so a malformed line names its problem.
+    if !from_loading_or_primary(ctx) {
+        return Err(CacheError::InternalCommand);
+    }
     let ns = namespace(ctx, prefix)?;
     let key = OpenKey::write(ctx, stored);
     let occupied = matches!(key.content()?, Content::Entry(_));
@@ -534,6 +593,17 @@ pub fn restoreentry(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisVal
     key.store(entry, None, occupied)?;
     drop(key);
     ctx.replicate_verbatim();
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// `NSCACHE.FORGET prefix`: drops an empty namespace's statistics (SPEC 2.6).
+/// OK when forgotten and when no such namespace exists (nothing to forget);
+/// an error, and no change, while it holds entries of any kind. Statistics are
+/// per node, so it is not replicated.
+pub fn forget(_ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+    arity(args, 2, Some(2), "nscache.forget")?;
+    let prefix = prefix_arg(&args[1])?;
+    registry().forget(prefix)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 

@@ -22,7 +22,7 @@ use redis_module::raw;
 use crate::entry::{Entry, EntryRef};
 use crate::keyname::KeyForm;
 use crate::namespace::registry;
-use crate::{config, memsize, removal, sweeper};
+use crate::{config, guard, memsize, removal, sweeper};
 
 /// Encoding version written to RDB; [`rdb_load`] refuses any other.
 pub const ENCODING_VERSION: i32 = 1;
@@ -82,27 +82,49 @@ pub fn charge_for(stored_key_len: usize, value_len: usize) -> u32 {
     u32::try_from(usage).unwrap_or(u32::MAX)
 }
 
+// Every callback runs inside `guard::catch`: an unwind into Redis's C frames
+// would abort the server.
+
 unsafe extern "C" fn free(value: *mut c_void) {
     // Dropping gives the entry's count and bytes back to its namespace; this may
-    // run on the lazy-free thread, which the namespace's atomics allow.
-    // SAFETY: Redis hands back the pointer we gave it, once.
-    drop(unsafe { Entry::from_raw(value) });
+    // run on the lazy-free thread, which the namespace's atomics allow. If it
+    // panics the entry leaks rather than the server dying.
+    guard::catch("free", (), || {
+        // SAFETY: Redis hands back the pointer we gave it, once.
+        let entry = unsafe { Entry::from_raw(value) };
+        if let Some(entry) = &entry {
+            guard::inject_fault("free", entry.view().value());
+        }
+        drop(entry);
+    });
 }
 
 unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
-    // SAFETY: a live value pointer of our type.
-    // Computed, not measured, so it always agrees with what `charge_for` charged.
-    match unsafe { EntryRef::from_raw(value) } {
-        Some(entry) => memsize::entry_mem_usage(entry.alloc_len()),
-        None => 0,
-    }
+    guard::catch("mem_usage", 0, || {
+        // SAFETY: a live value pointer of our type.
+        // Computed, not measured, so it always agrees with what `charge_for` charged.
+        match unsafe { EntryRef::from_raw(value) } {
+            Some(entry) => {
+                guard::inject_fault("mem_usage", entry.value());
+                memsize::entry_mem_usage(entry.alloc_len())
+            }
+            None => 0,
+        }
+    })
 }
 
 unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
+    // A panic here leaves this entry's record short: the save fails its own
+    // checks later or the RDB refuses to load; the server stays up either way.
+    guard::catch("rdb_save", (), || save_entry(rdb, value));
+}
+
+fn save_entry(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
     // SAFETY: a live value pointer of our type.
     let Some(entry) = (unsafe { EntryRef::from_raw(value) }) else {
         return;
     };
+    guard::inject_fault("rdb_save", entry.value());
     let live = entry.is_current(entry.namespace().generation());
     raw::save_string(rdb, entry.namespace().name());
     raw::save_unsigned(rdb, u64::from(live));
@@ -111,6 +133,11 @@ unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) 
 }
 
 unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
+    // Null makes Redis fail the load (or the RESTORE) cleanly.
+    guard::catch("rdb_load", ptr::null_mut(), || load(rdb, encver))
+}
+
+fn load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
     if encver != ENCODING_VERSION {
         log_warning(&format!(
             "nscache: cannot load an entry of encoding version {encver}: this build reads version {ENCODING_VERSION}; upgrade the module"
@@ -124,35 +151,72 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
         .filter(|name| !name.is_null())
         .map(|name| redis_module::RedisString::string_as_slice(name).len())
         .unwrap_or(0);
-    match load_entry(rdb, key_len) {
+    match load_entry(rdb, key_len, loads_existing_data(rdb)) {
         Ok(entry) => entry.into_raw(),
         Err(why) => {
-            log_warning(&format!("nscache: corrupt entry in RDB: {why}"));
+            log_warning(&format!("nscache: {why}"));
             ptr::null_mut()
         }
     }
 }
 
-fn load_entry(rdb: *mut raw::RedisModuleIO, key_len: usize) -> Result<Entry, String> {
-    let io = |e: redis_module::error::Error| format!("read error: {e}");
+/// Whether this load brings data that already exists and must never be dropped
+/// (an RDB or AOF being loaded, which includes a replica's full sync, or a
+/// RESTORE/MIGRATE a replica receives from its primary), rather than a client's
+/// RESTORE, which obeys the namespace cap like any write.
+fn loads_existing_data(rdb: *mut raw::RedisModuleIO) -> bool {
+    // SAFETY: rdb is the IO context of this load; Redis frees the context it
+    // creates for it after the load.
+    let ctx = unsafe { raw::RedisModule_GetContextFromIO.map(|f| f(rdb)) };
+    let Some(ctx) = ctx.filter(|ctx| !ctx.is_null()) else {
+        // Unknown origin: keeping data is the safe side.
+        return true;
+    };
+    // SAFETY: a valid context; a plain query of server and client state.
+    let flags = unsafe { raw::RedisModule_GetContextFlags.map(|f| f(ctx)) }.unwrap_or(0);
+    // A replica (read-only to clients) only executes what its primary sends;
+    // LOADING covers RDB/AOF loading and the replica's full sync. A writable
+    // replica's own clients are treated as its primary's, which errs on keeping.
+    let existing = raw::REDISMODULE_CTX_FLAGS_LOADING
+        | raw::REDISMODULE_CTX_FLAGS_SLAVE
+        | raw::REDISMODULE_CTX_FLAGS_REPLICATED;
+    (flags as u32 & existing) != 0
+}
+
+fn load_entry(
+    rdb: *mut raw::RedisModuleIO,
+    key_len: usize,
+    existing: bool,
+) -> Result<Entry, String> {
+    let corrupt = |why: String| format!("corrupt entry in RDB: {why}");
+    let io = |e: redis_module::error::Error| corrupt(format!("read error: {e}"));
     let prefix = raw::load_string_buffer(rdb).map_err(io)?;
-    let prefix = cachetx_shared::validate_prefix(prefix.as_ref()).map_err(|e| e.to_string())?;
+    let prefix =
+        cachetx_shared::validate_prefix(prefix.as_ref()).map_err(|e| corrupt(e.to_string()))?;
     let live = match raw::load_unsigned(rdb).map_err(io)? {
         0 => false,
         1 => true,
-        other => return Err(format!("bad live flag {other}")),
+        other => return Err(corrupt(format!("bad live flag {other}"))),
     };
     let form = match raw::load_unsigned(rdb).map_err(io)? {
         0 => KeyForm::Wrapped,
         1 => KeyForm::Tagged,
-        other => return Err(format!("unknown key form {other}")),
+        other => return Err(corrupt(format!("unknown key form {other}"))),
     };
     let value = raw::load_string_buffer(rdb).map_err(io)?;
     if value.as_ref().len() > crate::args::MAX_VALUE_LEN {
-        return Err("value over the size limit".to_string());
+        return Err(corrupt("value over the size limit".to_string()));
     }
-    // Loading never refuses a namespace over the cap: the data is already there.
-    let namespace = registry().get_or_create_uncapped(prefix, config::topk());
+    guard::inject_fault("rdb_load", value.as_ref());
+    // Loading never refuses a namespace over the cap: the data is already
+    // there. A client's RESTORE creates data, like a write.
+    let namespace = if existing {
+        registry().get_or_create_uncapped(prefix, config::topk())
+    } else {
+        registry()
+            .get_or_create(prefix, config::max_namespaces(), config::topk())
+            .map_err(|e| format!("RESTORE of an entry of namespace '{prefix}' refused: {e}"))?
+    };
     let generation = if live {
         namespace.generation()
     } else {
@@ -175,10 +239,19 @@ unsafe extern "C" fn aof_rewrite(
     key: *mut raw::RedisModuleString,
     value: *mut c_void,
 ) {
+    guard::catch("aof_rewrite", (), || rewrite_entry(aof, key, value));
+}
+
+fn rewrite_entry(
+    aof: *mut raw::RedisModuleIO,
+    key: *mut raw::RedisModuleString,
+    value: *mut c_void,
+) {
     // SAFETY: a live value pointer of our type.
     let Some(entry) = (unsafe { EntryRef::from_raw(value) }) else {
         return;
     };
+    guard::inject_fault("aof_rewrite", entry.value());
     // An invalidated entry is logically gone: the rewritten AOF leaves it out.
     if !entry.is_current(entry.namespace().generation()) {
         return;
@@ -213,10 +286,15 @@ unsafe extern "C" fn aof_rewrite(
 }
 
 unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
+    guard::catch("digest", (), || digest_entry(md, value));
+}
+
+fn digest_entry(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
     // SAFETY: a live value pointer of our type.
     let Some(entry) = (unsafe { EntryRef::from_raw(value) }) else {
         return;
     };
+    guard::inject_fault("digest", entry.value());
     let (Some(add), Some(end)) = (unsafe { raw::RedisModule_DigestAddStringBuffer }, unsafe {
         raw::RedisModule_DigestEndSequence
     }) else {
@@ -241,22 +319,30 @@ unsafe extern "C" fn copy(
     to: *mut raw::RedisModuleString,
     value: *const c_void,
 ) -> *mut c_void {
-    // SAFETY: a live value pointer of our type.
-    let Some(entry) = (unsafe { EntryRef::from_raw(value) }) else {
-        return ptr::null_mut();
-    };
-    let to_len = redis_module::RedisString::string_as_slice(to).len();
-    Entry::new(
-        entry.namespace(),
-        entry.generation(),
-        entry.form(),
-        entry.value(),
-        charge_for(to_len, entry.len()),
-    )
-    .into_raw()
+    // Null makes COPY fail with an error and change nothing.
+    guard::catch("copy", ptr::null_mut(), || {
+        // SAFETY: a live value pointer of our type.
+        let Some(entry) = (unsafe { EntryRef::from_raw(value) }) else {
+            return ptr::null_mut();
+        };
+        guard::inject_fault("copy", entry.value());
+        let to_len = redis_module::RedisString::string_as_slice(to).len();
+        Entry::new(
+            entry.namespace(),
+            entry.generation(),
+            entry.form(),
+            entry.value(),
+            charge_for(to_len, entry.len()),
+        )
+        .into_raw()
+    })
 }
 
 unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
+    guard::catch("aux_save", (), || save_generations(rdb));
+}
+
+fn save_generations(rdb: *mut raw::RedisModuleIO) {
     let generations: Vec<(String, u64)> = registry()
         .all()
         .iter()
@@ -271,6 +357,12 @@ unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
 }
 
 unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int) -> c_int {
+    guard::catch("aux_load", raw::Status::Err as c_int, || {
+        load_aux(rdb, encver)
+    })
+}
+
+fn load_aux(rdb: *mut raw::RedisModuleIO, encver: c_int) -> c_int {
     if encver != ENCODING_VERSION {
         log_warning(&format!(
             "nscache: cannot load namespace data of encoding version {encver}: this build reads version {ENCODING_VERSION}"
@@ -306,12 +398,17 @@ fn load_generations(rdb: *mut raw::RedisModuleIO) -> Result<(), String> {
 }
 
 unsafe extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, value: *const c_void) {
+    guard::catch("unlink", (), || note_unlink(ctx, value));
+}
+
+fn note_unlink(ctx: *mut raw::RedisModuleKeyOptCtx, value: *const c_void) {
     // Called on the main thread as the key leaves the keyspace, before any
     // expired/evicted notification: remember whose entry it was.
     // SAFETY: a live value pointer of our type; ctx valid for the call.
     let Some(entry) = (unsafe { EntryRef::from_raw(value) }) else {
         return;
     };
+    guard::inject_fault("unlink", entry.value());
     let Some(name) = (unsafe { raw::RedisModule_GetKeyNameFromOptCtx }).map(|f| unsafe { f(ctx) })
     else {
         return;

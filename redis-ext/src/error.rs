@@ -46,6 +46,13 @@ pub enum CacheError {
         "ERR too many namespaces: the limit of {0} is reached (CONFIG SET nscache.max-namespaces)"
     )]
     TooManyNamespaces(usize),
+    /// NSCACHE.FORGET of a namespace that still holds entries.
+    #[error("ERR namespace '{0}' holds {1} entries: only an empty namespace can be forgotten (NSCACHE.DEL or NSCACHE.INVALIDATE them, and retry once they are reclaimed)")]
+    NamespaceNotEmpty(String, i64),
+    /// NSCACHE.RESTOREENTRY from a client: only AOF loading and the
+    /// replication link may run it.
+    #[error("ERR NSCACHE.RESTOREENTRY is internal: only AOF loading and a primary's replication stream may run it (use NSCACHE.SET)")]
+    InternalCommand,
     /// Redis refused an operation the module asked for.
     #[error("ERR internal error: {0}")]
     Internal(&'static str),

@@ -1,7 +1,7 @@
 //! nscache: a namespaced, self-monitoring cache as a Redis module (SPEC 2).
 //!
-//! Logic is plain Rust with unit tests: `args`, `entry`, `histogram`, `keyname`,
-//! `memsize`, `namespace`, `removal`, `sweep`, `topk`. The FFI layer is thin:
+//! Logic is plain Rust with unit tests: `args`, `entry`, `guard`, `histogram`,
+//! `keyname`, `lifecycle`, `memsize`, `namespace`, `removal`, `sweep`, `topk`. The FFI layer is thin:
 //! `commands`, `datatype`, `openkey`, `sweeper`, and the module table below.
 
 pub mod args;
@@ -10,8 +10,10 @@ pub mod config;
 pub mod datatype;
 pub mod entry;
 pub mod error;
+pub mod guard;
 pub mod histogram;
 pub mod keyname;
+pub mod lifecycle;
 pub mod log;
 pub mod memsize;
 pub mod namespace;
@@ -37,6 +39,7 @@ mod module {
     use crate::commands::{self, guarded};
     use crate::config;
     use crate::datatype::{self, ENTRY_TYPE};
+    use crate::guard;
     use crate::namespace::{registry, try_registry};
     use crate::removal::{self, Removal};
     use crate::sweeper;
@@ -47,12 +50,14 @@ mod module {
         std::panic::set_hook(Box::new(|info| {
             crate::log::warning(&format!("nscache: panic caught: {info}"));
         }));
-        // A truncated RESTORE payload must fail the load, not crash the server.
-        ctx.set_module_options(ModuleOptions::HANDLE_IO_ERRORS);
-        datatype::set_cluster_mode(ctx.get_flags().contains(ContextFlags::CLUSTER));
-        calibrate_allocator();
-        sweeper::start(ctx);
-        Status::Ok
+        guard::catch("init", Status::Err, || {
+            // A truncated RESTORE payload must fail the load, not crash the server.
+            ctx.set_module_options(ModuleOptions::HANDLE_IO_ERRORS);
+            datatype::set_cluster_mode(ctx.get_flags().contains(ContextFlags::CLUSTER));
+            calibrate_allocator();
+            sweeper::start(ctx);
+            Status::Ok
+        })
     }
 
     /// Learns the allocator's size classes, so `bytes` matches `MEMORY USAGE`.
@@ -73,31 +78,40 @@ mod module {
         }
     }
 
+    // Every callback below is called from C: `guard::catch` keeps a panic from
+    // unwinding into Redis (which would abort the server).
+
     fn on_topk_changed(_ctx: &ConfigurationContext, _name: &str, _value: &'static AtomicI64) {
-        let k = config::topk();
-        for ns in registry().all() {
-            ns.stats().topk.resize(k);
-        }
+        guard::catch("config change", (), || {
+            let k = config::topk();
+            for ns in registry().all() {
+                ns.stats().topk.resize(k);
+            }
+        });
     }
 
     fn on_key_event(_ctx: &Context, event: NotifyEvent, _name: &str, key: &[u8]) {
-        if event.contains(NotifyEvent::EVICTED) {
-            removal::key_removed(Removal::Evicted, key);
-        } else if event.contains(NotifyEvent::EXPIRED) {
-            removal::key_removed(Removal::Expired, key);
-        } else {
-            // DEL, RENAME, MOVE...: the entry just unlinked neither expired nor
-            // was evicted.
-            removal::forget();
-        }
+        guard::catch("keyspace event", (), || {
+            if event.contains(NotifyEvent::EVICTED) {
+                removal::key_removed(Removal::Evicted, key);
+            } else if event.contains(NotifyEvent::EXPIRED) {
+                removal::key_removed(Removal::Expired, key);
+            } else {
+                // DEL, RENAME, MOVE...: the entry just unlinked neither expired
+                // nor was evicted.
+                removal::forget();
+            }
+        });
     }
 
     /// A replica promoted to primary sweeps what its old primary had not.
     #[role_changed_event_handler]
     fn on_role_changed(_ctx: &Context, role: ServerRole) {
-        if role == ServerRole::Primary {
-            sweeper::request();
-        }
+        guard::catch("role change", (), || {
+            if role == ServerRole::Primary {
+                sweeper::request();
+            }
+        });
     }
 
     // The builder API would name the section itself; the older calls give the
@@ -105,6 +119,11 @@ mod module {
     #[allow(deprecated)]
     #[info_command_handler]
     fn info(ctx: &InfoContext, for_crash_report: bool) -> RedisResult<()> {
+        guard::catch("INFO", Ok(()), || info_section(ctx, for_crash_report))
+    }
+
+    #[allow(deprecated)]
+    fn info_section(ctx: &InfoContext, for_crash_report: bool) -> RedisResult<()> {
         // A crash report may run while a command holds the registry lock.
         let Some(registry) = (if for_crash_report {
             try_registry()
@@ -153,6 +172,7 @@ mod module {
         cmd_resetstats => commands::resetstats,
         cmd_keyname => commands::keyname,
         cmd_restoreentry => commands::restoreentry,
+        cmd_forget => commands::forget,
     }
 
     redis_module! {
@@ -165,8 +185,11 @@ mod module {
             // `key` (argument 2) is the declared key: its slot equals the stored
             // name's slot, so cluster clients route on it (SPEC 2.2).
             ["nscache.set", cmd_set, "write deny-oom", 2, 2, 1, ""],
-            ["nscache.get", cmd_get, "readonly fast", 2, 2, 1, ""],
-            ["nscache.mget", cmd_mget, "readonly fast", 2, -1, 1, ""],
+            // A read may delete the stale entry it finds and replicate an
+            // UNLINK: `may-replicate` says so (Redis then holds it during
+            // CLIENT PAUSE WRITE and refuses it in read-only scripts).
+            ["nscache.get", cmd_get, "readonly may-replicate fast", 2, 2, 1, ""],
+            ["nscache.mget", cmd_mget, "readonly may-replicate fast", 2, -1, 1, ""],
             ["nscache.del", cmd_del, "write", 2, -1, 1, ""],
             ["nscache.ttl", cmd_ttl, "readonly fast", 2, 2, 1, ""],
             // Namespace-wide commands are keyless: they act on the node that
@@ -175,8 +198,13 @@ mod module {
             ["nscache.stats", cmd_stats, "readonly", 0, 0, 0, ""],
             ["nscache.topkeys", cmd_topkeys, "readonly", 0, 0, 0, ""],
             ["nscache.resetstats", cmd_resetstats, "fast", 0, 0, 0, ""],
+            // Statistics are per node: FORGET changes no keyspace data and is
+            // not replicated, so it is no `write` (and runs on replicas too).
+            ["nscache.forget", cmd_forget, "fast", 0, 0, 0, ""],
             ["nscache.keyname", cmd_keyname, "readonly fast", 0, 0, 0, ""],
             // Internal: what AOF rewrites emit (the stored name is the key).
+            // The handler refuses it unless it comes from AOF loading or the
+            // replication link.
             ["nscache.restoreentry", cmd_restoreentry, "write deny-oom", 1, 1, 1, ""],
         ],
         event_handlers: [

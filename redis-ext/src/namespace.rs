@@ -1,9 +1,14 @@
 //! Namespaces: their generation, statistics and the registry that names them.
 //!
-//! A namespace lives as long as the module: entries point at it, and an entry may
-//! be freed on Redis's lazy-free thread after the command that dropped it ended.
-//! Namespaces are therefore allocated once, never moved and never freed; the
-//! registry caps how many there can be.
+//! Entries point at their namespace (`&'static`), and an entry may be freed on
+//! Redis's lazy-free thread after the command that dropped it ended. A namespace
+//! is therefore allocated once and never moved, and it is freed only when it is
+//! forgotten (SPEC 2.6), which the registry allows only while it holds no entry
+//! at all: [`Namespace::entry_freed`] touches the namespace last through the
+//! `entries` counter, so once that counter reads zero no thread still uses it.
+//! Every other holder of a `&'static Namespace` is cleared at that moment
+//! ([`epoch`] for the command layer's cache, the removal note) or only holds it
+//! for the duration of one call on the main thread, where forgetting happens.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -13,6 +18,7 @@ use cachetx_shared::NamespaceStats;
 
 use crate::error::{CacheError, CacheResult};
 use crate::histogram::Histogram;
+use crate::lifecycle::{self, Candidate};
 use crate::topk::TopK;
 
 /// Event counters of a namespace (SPEC 2.5 names).
@@ -127,9 +133,12 @@ impl Namespace {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Entries present in memory (live or awaiting reclaim).
+    /// Entries present in memory (live, awaiting reclaim or queued for lazy
+    /// freeing).
     pub fn entries(&self) -> i64 {
-        self.entries.load(Ordering::Relaxed)
+        // Acquire pairs with the Release of `entry_freed`: seeing the last
+        // decrement means the freeing thread is done with this namespace.
+        self.entries.load(Ordering::Acquire)
     }
 
     /// Bytes of the entries present, as `MEMORY USAGE` counts them.
@@ -146,11 +155,13 @@ impl Namespace {
     }
 
     pub(crate) fn entry_freed(&self, generation: u64, charged: u32) {
-        self.entries.fetch_sub(1, Ordering::Relaxed);
         self.bytes.fetch_sub(i64::from(charged), Ordering::Relaxed);
         if generation == self.generation() {
             self.live.fetch_sub(1, Ordering::Relaxed);
         }
+        // Last touch, and Release: once `entries` reads zero the main thread may
+        // forget and free this namespace while the lazy-free thread returns.
+        self.entries.fetch_sub(1, Ordering::Release);
     }
 
     /// Zeroes counters, hot keys and latencies (not entries, bytes or the
@@ -183,48 +194,131 @@ impl Namespace {
     }
 }
 
+/// A registered namespace and when it was last used.
+#[derive(Debug)]
+struct Registered {
+    ns: &'static Namespace,
+    last_used: u64,
+}
+
+/// Bumped whenever a namespace is forgotten (and freed): a `&'static Namespace`
+/// cached outside the registry is valid only while the epoch it was taken in
+/// lasts.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The current registry epoch (see [`EPOCH`]).
+pub fn epoch() -> u64 {
+    EPOCH.load(Ordering::Acquire)
+}
+
 /// Name → namespace. Only the main thread looks names up.
 #[derive(Debug, Default)]
 pub struct Registry {
-    by_name: HashMap<Box<str>, &'static Namespace>,
+    by_name: HashMap<Box<str>, Registered>,
+    /// Logical clock of uses, for the least-recently-used policy.
+    clock: u64,
 }
 
 impl Registry {
-    /// The namespace called `name`, if it exists.
+    /// The namespace called `name`, if it exists (not counted as a use).
     pub fn get(&self, name: &str) -> Option<&'static Namespace> {
-        self.by_name.get(name).copied()
+        self.by_name.get(name).map(|r| r.ns)
     }
 
-    /// The namespace called `name`, created if missing and fewer than `max` exist.
+    /// The namespace called `name`, if it exists, counted as a use.
+    fn use_existing(&mut self, name: &str) -> Option<&'static Namespace> {
+        let registered = self.by_name.get_mut(name)?;
+        self.clock += 1;
+        registered.last_used = self.clock;
+        Some(registered.ns)
+    }
+
+    /// The namespace called `name`, created if missing. When `max` namespaces
+    /// exist already, the least recently used empty one is forgotten to make
+    /// room; when none is empty, the cap holds and creation fails.
     pub fn get_or_create(
         &mut self,
         name: &str,
         max: usize,
         k: usize,
     ) -> CacheResult<&'static Namespace> {
-        if let Some(ns) = self.get(name) {
+        if let Some(ns) = self.use_existing(name) {
             return Ok(ns);
         }
-        if self.by_name.len() >= max {
+        if !self.make_room(max) {
             return Err(CacheError::TooManyNamespaces(max));
         }
-        Ok(self.get_or_create_uncapped(name, k))
+        Ok(self.insert(name, k))
     }
 
-    /// The namespace called `name`, created even past the cap: for data that
-    /// already exists (RDB load), which must not be dropped.
+    /// The namespace called `name`, created even past the cap and without
+    /// forgetting any other: for data that already exists (RDB/AOF loading,
+    /// the replication stream), which must not be dropped.
     pub fn get_or_create_uncapped(&mut self, name: &str, k: usize) -> &'static Namespace {
-        if let Some(ns) = self.get(name) {
-            return ns;
+        match self.use_existing(name) {
+            Some(ns) => ns,
+            None => self.insert(name, k),
         }
+    }
+
+    fn insert(&mut self, name: &str, k: usize) -> &'static Namespace {
         let ns: &'static Namespace = Box::leak(Box::new(Namespace::new(name, k)));
-        self.by_name.insert(name.into(), ns);
+        self.clock += 1;
+        let last_used = self.clock;
+        self.by_name
+            .insert(name.into(), Registered { ns, last_used });
         ns
+    }
+
+    /// Forgets empty namespaces, least recently used first, until fewer than
+    /// `max` remain; false when that is impossible (all hold entries).
+    fn make_room(&mut self, max: usize) -> bool {
+        while lifecycle::must_make_room(self.by_name.len(), max) {
+            let victim = lifecycle::victim(self.by_name.values().map(|r| Candidate {
+                key: r.ns,
+                last_used: r.last_used,
+                entries: r.ns.entries(),
+            }));
+            let Some(ns) = victim else {
+                return false;
+            };
+            self.remove(ns);
+        }
+        true
+    }
+
+    /// `NSCACHE.FORGET`: drops the namespace called `name` and its statistics.
+    /// Ok(true) when it was forgotten, Ok(false) when no such namespace exists,
+    /// an error (and no change) when it holds entries.
+    pub fn forget(&mut self, name: &str) -> CacheResult<bool> {
+        let Some(ns) = self.get(name) else {
+            return Ok(false);
+        };
+        let entries = ns.entries();
+        if !lifecycle::forgettable(entries) {
+            return Err(CacheError::NamespaceNotEmpty(name.to_string(), entries));
+        }
+        self.remove(ns);
+        Ok(true)
+    }
+
+    /// Unregisters and frees `ns`, which holds no entries.
+    fn remove(&mut self, ns: &'static Namespace) {
+        self.by_name.remove(ns.name());
+        // Invalidate cached pointers before the memory goes.
+        EPOCH.fetch_add(1, Ordering::Release);
+        crate::removal::drop_note_for(ns);
+        // SAFETY: `ns` came from `Box::leak` in `insert` and was just removed
+        // from the registry, the only owner. No entry points at it (`entries`
+        // read zero with Acquire after the last `entry_freed`, and entries are
+        // only created on the main thread, which is here); caches outside the
+        // registry were invalidated just above.
+        drop(unsafe { Box::from_raw(std::ptr::from_ref(ns).cast_mut()) });
     }
 
     /// All namespaces, sorted by name.
     pub fn all(&self) -> Vec<&'static Namespace> {
-        let mut all: Vec<_> = self.by_name.values().copied().collect();
+        let mut all: Vec<_> = self.by_name.values().map(|r| r.ns).collect();
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
     }
@@ -290,7 +384,10 @@ mod tests {
             a,
             reg.get_or_create("a", 2, 4).expect("again")
         ));
-        reg.get_or_create("b", 2, 4).expect("second");
+        let b = reg.get_or_create("b", 2, 4).expect("second");
+        // Namespaces that hold entries cannot be forgotten to make room.
+        a.entry_created(0, 1);
+        b.entry_created(0, 1);
         assert!(matches!(
             reg.get_or_create("c", 2, 4),
             Err(CacheError::TooManyNamespaces(2))
@@ -299,6 +396,82 @@ mod tests {
         reg.get_or_create("c", 3, 4).expect("after raising the cap");
         let names: Vec<_> = reg.all().iter().map(|n| n.name().to_string()).collect();
         assert_eq!(names, ["a", "b", "c"]);
+        a.entry_freed(0, 1);
+        b.entry_freed(0, 1);
+    }
+
+    #[test]
+    fn the_cap_forgets_the_least_recently_used_empty_namespace() {
+        let mut reg = Registry::default();
+        let a = reg.get_or_create("a", 3, 4).expect("a");
+        reg.get_or_create("b", 3, 4).expect("b");
+        reg.get_or_create("c", 3, 4).expect("c");
+        a.entry_created(0, 10);
+        // a is the oldest but holds an entry; b is the oldest empty one.
+        let before = epoch();
+        reg.get_or_create("d", 3, 4).expect("d makes room");
+        assert!(epoch() > before, "forgetting invalidates cached pointers");
+        let names: Vec<_> = reg.all().iter().map(|n| n.name().to_string()).collect();
+        assert_eq!(names, ["a", "c", "d"]);
+        // A use makes c recent: d goes next.
+        reg.get_or_create("c", 3, 4).expect("c again");
+        reg.get_or_create("e", 3, 4).expect("e");
+        let names: Vec<_> = reg.all().iter().map(|n| n.name().to_string()).collect();
+        assert_eq!(names, ["a", "c", "e"]);
+        a.entry_freed(0, 10);
+    }
+
+    #[test]
+    fn namespaces_with_entries_keep_the_cap() {
+        let mut reg = Registry::default();
+        let a = reg.get_or_create("a", 1, 4).expect("a");
+        a.entry_created(0, 10);
+        assert!(matches!(
+            reg.get_or_create("b", 1, 4),
+            Err(CacheError::TooManyNamespaces(1))
+        ));
+        // Loading is not capped and forgets nothing.
+        reg.get_or_create_uncapped("b", 4);
+        assert_eq!(reg.len(), 2);
+        // Over the cap, room is made down to below it.
+        let c = reg.get_or_create_uncapped("c", 4);
+        c.entry_created(0, 1);
+        a.entry_freed(0, 10);
+        reg.get_or_create("d", 2, 4).expect("a and b go");
+        let names: Vec<_> = reg.all().iter().map(|n| n.name().to_string()).collect();
+        assert_eq!(names, ["c", "d"]);
+        c.entry_freed(0, 1);
+    }
+
+    #[test]
+    fn forget_refuses_a_namespace_with_entries_and_ignores_unknown_ones() {
+        let mut reg = Registry::default();
+        assert_eq!(reg.forget("nope"), Ok(false));
+        let a = reg.get_or_create("a", 10, 4).expect("a");
+        a.entry_created(0, 10);
+        a.entry_created(0, 10);
+        a.invalidate();
+        assert_eq!(
+            reg.forget("a"),
+            Err(CacheError::NamespaceNotEmpty("a".to_string(), 2)),
+            "stale entries still point at it"
+        );
+        a.entry_freed(0, 10);
+        a.entry_freed(0, 10);
+        assert_eq!(reg.forget("a"), Ok(true));
+        assert!(reg.get("a").is_none());
+        let again = reg.get_or_create("a", 10, 4).expect("a anew");
+        assert_eq!((again.generation(), again.report().invalidations), (0, 0));
+    }
+
+    #[test]
+    fn churn_keeps_at_most_the_cap() {
+        let mut reg = Registry::default();
+        for i in 0..10_000 {
+            reg.get_or_create(&format!("junk{i}"), 100, 4)
+                .expect("empty ones make room");
+            assert!(reg.len() <= 100);
+        }
     }
 
     #[test]

@@ -63,7 +63,9 @@ impl OpenKey {
             .ok_or(CacheError::Internal("cache entry without a value"))
     }
 
-    /// Stores `entry` (replacing whatever was there) and sets its absolute expiry.
+    /// Stores `entry` (replacing whatever was there) and sets its absolute expiry,
+    /// all or nothing: if the expiry cannot be set, the key is put back as it
+    /// was (the previous entry swapped back in, or a new key deleted again).
     ///
     /// An existing entry is swapped in place, as SET overwrites a string: setting
     /// a new value would delete the key and add it again (two dict operations).
@@ -71,23 +73,18 @@ impl OpenKey {
     /// With no expiry the key keeps the one it had, if any.
     pub fn store(&self, entry: Entry, expire_at_ms: Option<i64>, replace: bool) -> CacheResult<()> {
         let raw_entry = entry.into_raw();
+        let mut old = std::ptr::null_mut();
         let status = if replace {
-            let mut old = std::ptr::null_mut();
             // SAFETY: the key holds a value of our type; the new entry passes to
             // Redis and the old one comes back to us.
-            let status = unsafe {
+            unsafe {
                 call(raw::RedisModule_ModuleTypeReplaceValue)?(
                     self.raw,
                     raw_type(),
                     raw_entry,
                     &mut old,
                 )
-            };
-            if status == raw::Status::Ok as i32 {
-                // SAFETY: Redis handed the previous value back; nothing else owns it.
-                drop(unsafe { Entry::from_raw(old) });
             }
-            status
         } else {
             // SAFETY: key open for writing; Redis owns the entry from now on and
             // frees it through the type's free callback.
@@ -98,14 +95,46 @@ impl OpenKey {
             drop(unsafe { Entry::from_raw(raw_entry) });
             return Err(CacheError::Internal("could not store the entry"));
         }
+        // SAFETY: Redis handed the previous value back; nothing else owns it.
+        // Kept until the expiry is set, to put it back if that fails.
+        let previous = unsafe { Entry::from_raw(old) };
         if let Some(at) = expire_at_ms {
             // SAFETY: the key now holds a value.
             let status = unsafe { call(raw::RedisModule_SetAbsExpire)?(self.raw, at) };
             if status != raw::Status::Ok as i32 {
+                self.undo_store(previous);
                 return Err(CacheError::Internal("could not set the expiry"));
             }
         }
+        drop(previous);
         Ok(())
+    }
+
+    /// Takes back a store whose expiry failed: the previous entry goes back in
+    /// (its expiry was never touched), or the new key goes away.
+    fn undo_store(&self, previous: Option<Entry>) {
+        if let Some(previous) = previous {
+            let previous = previous.into_raw();
+            let mut new = std::ptr::null_mut();
+            // SAFETY: the key holds our new entry; the previous one goes back to
+            // Redis and the new one comes back to be freed.
+            let status = unsafe {
+                raw::RedisModule_ModuleTypeReplaceValue
+                    .map(|f| f(self.raw, raw_type(), previous, &mut new))
+            };
+            if status == Some(raw::Status::Ok as i32) {
+                // SAFETY: handed back by Redis; nothing else owns it.
+                drop(unsafe { Entry::from_raw(new) });
+                return;
+            }
+            // SAFETY: Redis did not take it back.
+            drop(unsafe { Entry::from_raw(previous) });
+        }
+        // A new key, or one that could not be swapped back: delete it rather
+        // than leave an entry without its expiry.
+        if self.delete().is_err() {
+            crate::log::warning("nscache: could not remove an entry whose expiry failed");
+        }
     }
 
     /// Milliseconds until the key expires, or None when it has no expiry.

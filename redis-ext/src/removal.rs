@@ -50,6 +50,18 @@ pub fn forget() {
         .take();
 }
 
+/// Drops the note if it names `namespace`, which is being forgotten: the note
+/// must not outlive it.
+pub fn drop_note_for(namespace: &Namespace) {
+    let mut note = LAST_UNLINKED.lock().unwrap_or_else(|p| p.into_inner());
+    if note
+        .as_ref()
+        .is_some_and(|n| std::ptr::eq(n.namespace, namespace))
+    {
+        note.take();
+    }
+}
+
 /// Counts a removal announced by Redis if the key was one of our entries; returns
 /// the namespace it was counted in.
 pub fn key_removed(kind: Removal, key: &[u8]) -> Option<&'static Namespace> {
