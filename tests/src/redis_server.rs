@@ -93,11 +93,54 @@ impl RedisServer {
         Self::launch(&[], module_args, false)
     }
 
+    /// Starts a server that loads `module` (another build of nscache, e.g. one
+    /// with test-only features) instead of [`nscache_module`].
+    pub fn start_with_module(module: &Path, args: &[&str]) -> RedisServer {
+        assert!(module.is_file(), "no module at {}", module.display());
+        Self::launch_module(module.to_path_buf(), args, &[], false)
+    }
+
+    /// Starts a server with `args` and module arguments `module_args`.
+    pub fn start_with_args(args: &[&str], module_args: &[&str]) -> RedisServer {
+        Self::launch(args, module_args, false)
+    }
+
+    /// Starts a server that replicates `primary` (`--replicaof`), with extra
+    /// `args`, and waits until its replication link is up.
+    pub fn start_replica_of(primary: &RedisServer, args: &[&str]) -> RedisServer {
+        let port = primary.port().to_string();
+        let mut all = vec!["--replicaof", "127.0.0.1", port.as_str()];
+        all.extend_from_slice(args);
+        let replica = Self::launch(&all, &[], false);
+        replica.wait_for_link();
+        replica
+    }
+
+    /// Waits until this replica reports `master_link_status:up`.
+    pub fn wait_for_link(&self) {
+        let mut conn = self.conn();
+        crate::wait_until(Duration::from_secs(20), "replication link up", || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut conn)
+                .expect("INFO replication");
+            info.contains("master_link_status:up")
+        });
+    }
+
     /// Starts a server, retrying with new ports when the chosen one is taken. With
     /// `cluster_bus`, each attempt also gets a fresh `--cluster-port`.
     fn launch(args: &[&str], module_args: &[&str], cluster_bus: bool) -> RedisServer {
+        Self::launch_module(module_or_panic(), args, module_args, cluster_bus)
+    }
+
+    fn launch_module(
+        module: PathBuf,
+        args: &[&str],
+        module_args: &[&str],
+        cluster_bus: bool,
+    ) -> RedisServer {
         reap_stale_servers();
-        let module = module_or_panic();
         let mut last_log = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let mut extra_args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
