@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cachetx_tests::nscache::{config_set, fill, get, rewrite_aof, set, stats};
+use cachetx_tests::nscache::{config_set, dbsize, fill, get, rewrite_aof, set, stats};
 use cachetx_tests::{wait_until, RedisServer};
 use redis::{Connection, Value};
 
@@ -76,11 +76,26 @@ fn paused_writes_stop_the_sweep_and_lazy_reclaim_instead_of_crashing() {
         .arg(&["PAUSE", "1500", "WRITE"])
         .query(&mut conn)
         .expect("CLIENT PAUSE");
-    // Reads run during a write pause; a stale hit must not propagate a delete.
-    for i in (0..5000).step_by(500) {
-        assert_eq!(get(&mut conn, "p", &format!("key{i}")), None);
-    }
-    std::thread::sleep(Duration::from_millis(1700));
+    let at_pause = dbsize(&mut conn);
+    // Stale reads during a write pause must not propagate a delete: Redis holds
+    // them (they may replicate) and the module would not reclaim anyway.
+    let mut reader = server.conn();
+    let reads = std::thread::spawn(move || {
+        (0..5000)
+            .step_by(500)
+            .map(|i| get(&mut reader, "p", &format!("key{i}")))
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        dbsize(&mut conn),
+        at_pause,
+        "nothing deleted during the pause"
+    );
+    assert!(at_pause > 0, "stale entries were left for the test");
+    let reads = reads.join().expect("reader thread");
+    assert!(reads.iter().all(Option::is_none), "{reads:?}");
+    std::thread::sleep(Duration::from_millis(200));
     alive(&server);
     config_set(&mut conn, "nscache.sweep-budget", "100000");
     wait_until(
