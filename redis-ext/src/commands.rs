@@ -349,18 +349,19 @@ pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     // a stored name) is deleted and counted once.
     let mut deleted = 0u64;
     let mut changed = false;
-    for t in targets.iter().filter(|_| ns.is_some()) {
-        let Some(ns) = ns else { break };
-        let key = OpenKey::write(ctx, &t.stored);
-        let (live, remove) = match slot(&key, ns, t.form)? {
-            Slot::Live(_) => (true, true),
-            Slot::Stale => (false, true),
-            Slot::Empty | Slot::Other => (false, false),
-        };
-        if remove {
-            key.delete()?;
-            changed = true;
-            deleted += u64::from(live);
+    if let Some(ns) = ns {
+        for t in &targets {
+            let key = OpenKey::write(ctx, &t.stored);
+            let (live, remove) = match slot(&key, ns, t.form)? {
+                Slot::Live(_) => (true, true),
+                Slot::Stale => (false, true),
+                Slot::Empty | Slot::Other => (false, false),
+            };
+            if remove {
+                key.delete()?;
+                changed = true;
+                deleted += u64::from(live);
+            }
         }
     }
     if changed {

@@ -4,8 +4,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// `nscache.topk`: how many hottest keys each namespace tracks.
 pub static TOPK: AtomicI64 = AtomicI64::new(32);
-/// `nscache.max-namespaces`: cap on distinct namespaces; past it, writes and reads
-/// of a new namespace get an error.
+/// `nscache.max-namespaces`: cap on distinct namespaces. At the cap, a new
+/// namespace replaces the least recently used empty one; only when every
+/// namespace holds entries does a write of a new one get an error (SPEC 2.6).
 pub static MAX_NAMESPACES: AtomicI64 = AtomicI64::new(1024);
 /// `nscache.sweep-budget`: keys the background sweep may visit per 10 ms tick.
 pub static SWEEP_BUDGET: AtomicI64 = AtomicI64::new(1000);
