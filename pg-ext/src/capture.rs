@@ -39,14 +39,13 @@ fn capture(tbl: Option<pg_sys::Oid>, event_prefix: Option<&str>) -> TxResult<()>
             &[tbl.into()],
         )?;
         let Some(row) = table.into_iter().next() else {
-            return Err(TxEventsError::InvalidArgument(format!(
-                "relation with OID {} does not exist",
-                tbl.to_u32()
-            )));
+            return Err(TxEventsError::UndefinedTable(tbl.to_u32()));
         };
-        let kind: String = row.get(1)?.unwrap_or_default();
-        let relname: String = row.get(2)?.unwrap_or_default();
-        let shown: String = row.get(3)?.unwrap_or_default();
+        // pg_class columns are NOT NULL; NULL would be a catalog bug, not a default.
+        let catalog = |what: &str| TxEventsError::Internal(format!("pg_class.{what} is NULL"));
+        let kind: String = row.get(1)?.ok_or_else(|| catalog("relkind"))?;
+        let relname: String = row.get(2)?.ok_or_else(|| catalog("relname"))?;
+        let shown: String = row.get(3)?.ok_or_else(|| catalog("oid"))?;
         if kind != "r" && kind != "p" {
             return Err(TxEventsError::NotATable(shown));
         }
@@ -76,6 +75,7 @@ fn capture(tbl: Option<pg_sys::Oid>, event_prefix: Option<&str>) -> TxResult<()>
                                 FOR EACH ROW EXECUTE FUNCTION txevents.capture_trigger(%L, %L)',
                                $1::regclass, $2::text, $3::text)",
                 Some(1),
+                // '' tells the trigger that the table has no single-column key.
                 &[tbl.into(), prefix.into(), pk.unwrap_or_default().into()],
             )?
             .first()

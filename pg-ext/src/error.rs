@@ -9,6 +9,24 @@ pub enum TxEventsError {
     /// Someone added to txevents.outbox what emit's direct insert cannot honour.
     #[error("txevents.outbox has {0}, which emit's direct insert would bypass; remove it (write your own table from a consumer instead)")]
     OutboxAltered(&'static str),
+    /// An index of txevents.outbox that emit's direct insert cannot maintain.
+    #[error("txevents.outbox has index \"{index}\", {reason}, which emit's direct insert cannot check; {fix}")]
+    OutboxIndex {
+        /// The index's name.
+        index: String,
+        /// What kind of index it is.
+        reason: &'static str,
+        /// What the user can do about it.
+        fix: &'static str,
+    },
+    /// A column of txevents.outbox was added, dropped or retyped.
+    #[error("txevents.outbox column {column} is not what emit writes ({found}); undo the ALTER TABLE on txevents.outbox or update the extension")]
+    OutboxColumn {
+        /// Position (1-based) or name of the column.
+        column: String,
+        /// What was found there.
+        found: String,
+    },
     /// A required argument was SQL NULL.
     #[error("{0} must not be null")]
     NullArgument(&'static str),
@@ -54,6 +72,9 @@ pub enum TxEventsError {
         /// The event.
         id: i64,
     },
+    /// `capture` of a relation OID that names no relation.
+    #[error("relation with OID {0} does not exist")]
+    UndefinedTable(u32),
     /// `capture` of something that is not an ordinary or partitioned table.
     #[error("\"{0}\" is not a table")]
     NotATable(String),
@@ -66,7 +87,9 @@ impl TxEventsError {
     /// The SQLSTATE clients see.
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
-            TxEventsError::OutboxAltered(_) => {
+            TxEventsError::OutboxAltered(_)
+            | TxEventsError::OutboxIndex { .. }
+            | TxEventsError::OutboxColumn { .. } => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             TxEventsError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -82,6 +105,7 @@ impl TxEventsError {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             TxEventsError::NotATable(_) => PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            TxEventsError::UndefinedTable(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
             TxEventsError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -1,14 +1,20 @@
-//! The one write on emit's hot path: a row into `txevents.outbox`, without the executor.
+//! The one write on emit's hot path: a row into `txevents.outbox`, without a planned
+//! INSERT.
 //!
 //! An SPI `INSERT`, even from a kept plan, starts and ends an executor for every event
-//! (result relation, projection, constraint and index setup) and cost about two thirds
-//! of `emit`. This module does what `CatalogTupleInsert` does for system catalogs: form
-//! the tuple, `simple_heap_insert` it (WAL, TOAST and statistics included) and insert
-//! it into each index of the table, with uniqueness checked. The table has no
-//! triggers, rules, CHECK constraints or expression indexes (`sql/bootstrap.sql`), and
-//! only the extension writes it, so nothing the executor would add is skipped. If
-//! someone adds a trigger, rule, row level security or a CHECK constraint to it,
-//! `emit` refuses (SQLSTATE 55000) instead of bypassing it.
+//! (plan, result relation, projection) and cost about two thirds of `emit`. This module
+//! does what `ExecSimpleRelationInsert` (logical replication's apply) does: form the
+//! tuple, check NOT NULL, `simple_heap_insert` it (WAL, TOAST and statistics included)
+//! and insert it into the indexes with `ExecOpenIndices` + `ExecInsertIndexTuples`,
+//! inside a real `EState`. Going through the executor's own index code is what makes
+//! an index a DBA adds behave as with a plain INSERT: expression and partial indexes
+//! are evaluated in the EState's expression context, unique and exclusion constraints
+//! are checked, and indexes that CREATE INDEX CONCURRENTLY left not ready are skipped.
+//!
+//! What this path cannot honour, it refuses (SQLSTATE 55000) instead of bypassing:
+//! triggers, rules, row level security, CHECK constraints, deferrable unique or
+//! exclusion constraints (their check is an AFTER trigger queued for commit), and
+//! columns added, dropped or retyped (the tuple is formed for the columns below).
 
 use std::ffi::CStr;
 
@@ -65,30 +71,30 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
         let seqid = relation(namespace, c"outbox_id_seq")?;
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*rel).rd_att;
-        if (*desc).natts as usize != COLUMNS {
+        // Everything that can refuse runs before anything is written.
+        if let Err(e) = check_columns(desc) {
             pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            return Err(TxEventsError::Internal(format!(
-                "txevents.outbox has {} columns, this build writes {COLUMNS}: update the extension",
-                (*desc).natts
-            )));
+            return Err(e);
         }
-        // What the executor would honour and this path would not: refuse rather
-        // than skip it silently.
-        let bypassed = if !(*rel).trigdesc.is_null() {
-            Some("a trigger")
-        } else if !(*rel).rd_rules.is_null() {
-            Some("a rule")
-        } else if (*(*rel).rd_rel).relrowsecurity {
-            Some("row level security")
-        } else if !(*desc).constr.is_null() && (*(*desc).constr).num_check > 0 {
-            Some("a CHECK constraint")
-        } else {
-            None
-        };
-        if let Some(what) = bypassed {
+        // The executor state ExecInsertIndexTuples evaluates index expressions and
+        // predicates in (a null one is what crashed expression indexes). Range table
+        // index 0: there is no range table, and ExecConstraints then describes a
+        // failing row without looking one up.
+        let estate = pg_sys::CreateExecutorState();
+        let rri: *mut pg_sys::ResultRelInfo =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()).cast();
+        (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+        pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
+        pg_sys::ExecOpenIndices(rri, false);
+        // Indexes first: a deferrable constraint also adds an internal trigger, and
+        // its index is what the user has to change.
+        if let Err(e) = check_indexes(rri).and_then(|()| check_bypassed(rel)) {
+            pg_sys::ExecCloseIndices(rri);
+            pg_sys::FreeExecutorState(estate);
             pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            return Err(TxEventsError::OutboxAltered(what));
+            return Err(e);
         }
+
         let id = pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(seqid, false));
         let txid = pg_sys::GetTopFullTransactionId().value;
 
@@ -111,49 +117,159 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
             }
         }
         let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::simple_heap_insert(rel, tuple);
-
-        let indexes = pg_sys::RelationGetIndexList(rel);
-        if !indexes.is_null() && (*indexes).length > 0 {
-            let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple);
-            pg_sys::ExecStoreHeapTuple(tuple, slot, false);
-            for i in 0..(*indexes).length as usize {
-                let index_oid = (*(*indexes).elements.add(i)).oid_value;
-                let index =
-                    pg_sys::index_open(index_oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-                let info = pg_sys::BuildIndexInfo(index);
-                let mut ivalues = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
-                let mut inulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
-                pg_sys::FormIndexDatum(
-                    info,
-                    slot,
-                    std::ptr::null_mut(),
-                    ivalues.as_mut_ptr(),
-                    inulls.as_mut_ptr(),
-                );
-                let check = if (*(*index).rd_index).indisunique {
-                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
-                } else {
-                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
-                };
-                pg_sys::index_insert(
-                    index,
-                    ivalues.as_mut_ptr(),
-                    inulls.as_mut_ptr(),
-                    &mut (*tuple).t_self,
-                    rel,
-                    check,
-                    false,
-                    info,
-                );
-                pg_sys::index_close(index, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            }
-            pg_sys::ExecDropSingleTupleTableSlot(slot);
+        let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple);
+        pg_sys::ExecStoreHeapTuple(tuple, slot, false);
+        (*slot).tts_tableOid = relid;
+        // NOT NULL a DBA may have added (aggregate_type, aggregate_id); CHECK
+        // constraints were refused above, so this checks nothing else.
+        let constr = (*desc).constr;
+        if !constr.is_null() && (*constr).has_not_null {
+            pg_sys::ExecConstraints(rri, slot, estate);
         }
-        pg_sys::list_free(indexes);
+        simple_heap_insert_into(rel, tuple, slot);
+        if (*rri).ri_NumIndices > 0 {
+            // Deferrable constraints were refused, so nothing comes back to recheck.
+            let recheck = pg_sys::ExecInsertIndexTuples(
+                rri,
+                slot,
+                estate,
+                false,
+                false,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::list_free(recheck);
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::ExecCloseIndices(rri);
+        pg_sys::FreeExecutorState(estate);
         pg_sys::heap_freetuple(tuple);
         // Keep the lock until the transaction ends, as the executor does.
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         Ok((id, txid))
     }
+}
+
+/// Writes `tuple` to the heap and points `slot` at the stored row (its new TID).
+///
+/// # Safety
+/// `rel` is open and locked; `slot` holds `tuple` (stored without ownership).
+unsafe fn simple_heap_insert_into(
+    rel: pg_sys::Relation,
+    tuple: pg_sys::HeapTuple,
+    slot: *mut pg_sys::TupleTableSlot,
+) {
+    // SAFETY: as documented above; heap_insert sets the tuple's t_self.
+    unsafe {
+        pg_sys::simple_heap_insert(rel, tuple);
+        (*slot).tts_tid = (*tuple).t_self;
+    }
+}
+
+/// The column types emit writes, in table order.
+const COLUMN_TYPES: [pg_sys::Oid; COLUMNS] = [
+    pg_sys::INT8OID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::JSONBOID,
+    pg_sys::JSONBOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::XID8OID,
+];
+
+/// Refuses a table whose columns are not the ones the tuple is formed for: a datum of
+/// the wrong type in a column would be stored as garbage.
+///
+/// # Safety
+/// `desc` is the open outbox's tuple descriptor.
+unsafe fn check_columns(desc: pg_sys::TupleDesc) -> TxResult<()> {
+    // SAFETY: reading the descriptor's attribute array within natts.
+    unsafe {
+        let natts = (*desc).natts as usize;
+        if natts != COLUMNS {
+            return Err(TxEventsError::OutboxColumn {
+                column: "count".into(),
+                found: format!("{natts} columns, including dropped ones; emit writes {COLUMNS}"),
+            });
+        }
+        let attrs = (*desc).attrs.as_slice(natts);
+        for (i, (attr, expected)) in attrs.iter().zip(COLUMN_TYPES).enumerate() {
+            if attr.attisdropped || attr.atttypid != expected || attr.attgenerated != 0 {
+                return Err(TxEventsError::OutboxColumn {
+                    column: format!("{}", i + 1),
+                    found: if attr.attisdropped {
+                        "a dropped column".into()
+                    } else if attr.attgenerated != 0 {
+                        "a generated column".into()
+                    } else {
+                        format!("type oid {}", attr.atttypid.to_u32())
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses what the executor would honour and this path would not.
+///
+/// # Safety
+/// `rel` is the open outbox.
+unsafe fn check_bypassed(rel: pg_sys::Relation) -> TxResult<()> {
+    // SAFETY: reading fields of an open relcache entry.
+    let what = unsafe {
+        let desc = (*rel).rd_att;
+        if !(*rel).trigdesc.is_null() {
+            Some("a trigger")
+        } else if !(*rel).rd_rules.is_null() {
+            Some("a rule")
+        } else if (*(*rel).rd_rel).relrowsecurity {
+            Some("row level security")
+        } else if !(*desc).constr.is_null() && (*(*desc).constr).num_check > 0 {
+            Some("a CHECK constraint")
+        } else {
+            None
+        }
+    };
+    match what {
+        Some(what) => Err(TxEventsError::OutboxAltered(what)),
+        None => Ok(()),
+    }
+}
+
+/// Refuses indexes ExecInsertIndexTuples can only half-check without the executor's
+/// AFTER trigger queue: deferrable unique and exclusion constraints (the violation is
+/// rechecked by a constraint trigger at commit). Every other index (expression,
+/// partial, unique, exclusion, not yet ready) is maintained as an INSERT would.
+///
+/// # Safety
+/// `rri` has had ExecOpenIndices run on it.
+unsafe fn check_indexes(rri: *mut pg_sys::ResultRelInfo) -> TxResult<()> {
+    // SAFETY: ri_IndexRelationDescs holds ri_NumIndices open index relations.
+    unsafe {
+        for i in 0..(*rri).ri_NumIndices.max(0) as usize {
+            let index = *(*rri).ri_IndexRelationDescs.add(i);
+            if index.is_null() {
+                continue;
+            }
+            let form = (*index).rd_index;
+            if !(*form).indimmediate {
+                let name = CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr())
+                    .to_string_lossy()
+                    .into_owned();
+                return Err(TxEventsError::OutboxIndex {
+                    index: name,
+                    reason: if (*form).indisunique {
+                        "a DEFERRABLE unique constraint"
+                    } else {
+                        "a DEFERRABLE exclusion constraint"
+                    },
+                    fix: "recreate the constraint NOT DEFERRABLE (checked at once, as emit \
+                          can) or drop it",
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -366,6 +366,13 @@ fn capture_emits_row_changes_until_uncapture() {
         "22023",
         "must not be empty",
     );
+    // A dropped table's OID (found by the fuzz test): undefined_table, as Postgres.
+    expect_error(
+        &mut c,
+        "SELECT txevents.capture(0::regclass)",
+        "42P01",
+        "relation with OID 0 does not exist",
+    );
 }
 
 #[test]

@@ -114,3 +114,58 @@ pub fn expect_error(client: &mut Client, sql: &str, code: &str, text: &str) {
         .unwrap_or_default();
     assert!(message.contains(text), "{sql}: message {message:?}");
 }
+
+/// `pg_postmaster_start_time()` as text: unchanged as long as the server has not
+/// restarted (a crashed backend makes the postmaster reinitialize every session).
+pub fn postmaster_start(client: &mut Client) -> String {
+    client
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .expect("pg_postmaster_start_time")
+        .get(0)
+}
+
+/// The seed of a randomized test: `env` if set (decimal), else `default`. Printed, so
+/// that a failing run can be repeated.
+pub fn seed(env: &str, default: u64) -> u64 {
+    let seed = match std::env::var(env) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{env}={text:?} is not a decimal u64")),
+        Err(_) => default,
+    };
+    eprintln!("seed: {seed} (set {env} to repeat or change it)");
+    seed
+}
+
+/// A small deterministic generator (splitmix64): the same seed gives the same test.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `1/n`.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+
+    /// One element of `items` (not empty).
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}

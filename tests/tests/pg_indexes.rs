@@ -1,0 +1,295 @@
+//! Indexes a DBA adds to `txevents.outbox`: emit's direct insert maintains every kind
+//! a plain INSERT maintains (expression, partial, unique, exclusion, not yet ready) and
+//! refuses, with SQLSTATE 55000 naming the index, the deferrable constraints it cannot
+//! check at commit. No backend crashes and the server never restarts.
+
+mod pg_common;
+
+use cachetx_tests::{pg, sqlstate, TestDb};
+use pg_common::{expect_error, postmaster_start};
+use postgres::Client;
+
+/// Runs `query` with sequential and bitmap scans off, checks that the plan uses
+/// `index`, and returns the ids it finds.
+fn ids_by_index(client: &mut Client, query: &str, index: &str) -> Vec<i64> {
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .expect("planner settings");
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN {query}"), &[])
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(|line| line.contains(index)),
+        "the plan must scan {index}:\n{}",
+        plan.join("\n")
+    );
+    let ids = client
+        .query(query, &[])
+        .expect(query)
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    client
+        .batch_execute("RESET enable_seqscan; RESET enable_bitmapscan")
+        .expect("reset planner settings");
+    ids
+}
+
+fn emit(client: &mut Client, event_type: &str, payload: &str, aggregate_id: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT txevents.emit($1, $2::text::jsonb, 'order', $3)",
+            &[&event_type, &payload, &aggregate_id],
+        )
+        .unwrap_or_else(|e| panic!("emit {event_type} {payload}: {e:?}"))
+        .get(0)
+}
+
+struct Setup {
+    _db: TestDb,
+    client: Client,
+    started: String,
+}
+
+fn setup(name: &str) -> Setup {
+    let db = pg().create_db(name);
+    let mut client = db.connect();
+    let started = postmaster_start(&mut client);
+    Setup {
+        _db: db,
+        client,
+        started,
+    }
+}
+
+impl Setup {
+    /// The same connection still works and the server did not restart.
+    fn check_alive(&mut self) {
+        assert_eq!(postmaster_start(&mut self.client), self.started);
+    }
+}
+
+#[test]
+fn expression_index_is_maintained() {
+    let mut s = setup("expression_index_is_maintained");
+    // The issue's reproduction: this crashed the backend and restarted the server.
+    s.client
+        .batch_execute("CREATE INDEX outbox_x ON txevents.outbox ((payload->>'x'))")
+        .expect("create index");
+    let id = emit(&mut s.client, "a", r#"{"x":"1"}"#, "o-1");
+    emit(&mut s.client, "a", r#"{"x":"2"}"#, "o-2");
+    emit(&mut s.client, "a", r#"{"y":"1"}"#, "o-3");
+    s.check_alive();
+    assert_eq!(
+        ids_by_index(
+            &mut s.client,
+            "SELECT id FROM txevents.outbox WHERE payload->>'x' = '1'",
+            "outbox_x"
+        ),
+        [id]
+    );
+    // An expression that fails for a payload fails that emit as an INSERT would
+    // (22P02), in the same session, without a crash.
+    s.client
+        .batch_execute("CREATE INDEX outbox_n ON txevents.outbox (((payload->>'n')::int))")
+        .expect("create index");
+    expect_error(
+        &mut s.client,
+        r#"SELECT txevents.emit('a', '{"n": "abc"}')"#,
+        "22P02",
+        "invalid input syntax for type integer",
+    );
+    let n = emit(&mut s.client, "a", r#"{"n": "7"}"#, "o-4");
+    assert_eq!(
+        ids_by_index(
+            &mut s.client,
+            "SELECT id FROM txevents.outbox WHERE (payload->>'n')::int = 7",
+            "outbox_n"
+        ),
+        [n]
+    );
+    s.check_alive();
+}
+
+#[test]
+fn plain_extra_btree_index_is_maintained() {
+    let mut s = setup("plain_extra_btree_index_is_maintained");
+    s.client
+        .batch_execute("CREATE INDEX outbox_agg ON txevents.outbox (aggregate_id)")
+        .expect("create index");
+    let ids: Vec<i64> = (0..20)
+        .map(|i| emit(&mut s.client, "order.placed", "{}", &format!("o-{i}")))
+        .collect();
+    assert_eq!(
+        ids_by_index(
+            &mut s.client,
+            "SELECT id FROM txevents.outbox WHERE aggregate_id = 'o-13'",
+            "outbox_agg"
+        ),
+        [ids[13]]
+    );
+    // The index is consistent with the table (amcheck-free check: an index-only count
+    // equals the heap count).
+    let by_index: i64 = s
+        .client
+        .query_one(
+            "SELECT count(*) FROM txevents.outbox WHERE aggregate_id >= ''",
+            &[],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(by_index, 20);
+    s.check_alive();
+}
+
+#[test]
+fn partial_unique_index_honours_its_predicate() {
+    let mut s = setup("partial_unique_index_honours_its_predicate");
+    s.client
+        .batch_execute(
+            "CREATE UNIQUE INDEX one_placed_per_order ON txevents.outbox (aggregate_id)
+              WHERE event_type = 'order.placed'",
+        )
+        .expect("create index");
+    let placed = emit(&mut s.client, "order.placed", "{}", "o-1");
+    // Rows outside the predicate are not in the index: no uniqueness between them.
+    emit(&mut s.client, "order.shipped", "{}", "o-1");
+    emit(&mut s.client, "order.shipped", "{}", "o-1");
+    // Inside the predicate, uniqueness holds.
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('order.placed', '{}', 'order', 'o-1')",
+        "23505",
+        "one_placed_per_order",
+    );
+    assert_eq!(
+        ids_by_index(
+            &mut s.client,
+            "SELECT id FROM txevents.outbox WHERE event_type = 'order.placed' AND aggregate_id = 'o-1'",
+            "one_placed_per_order"
+        ),
+        [placed]
+    );
+    s.check_alive();
+}
+
+#[test]
+fn exclusion_constraint_is_checked() {
+    let mut s = setup("exclusion_constraint_is_checked");
+    s.client
+        .batch_execute(
+            "ALTER TABLE txevents.outbox
+               ADD CONSTRAINT one_event_per_order EXCLUDE USING btree (aggregate_id WITH =)",
+        )
+        .expect("add exclusion constraint");
+    emit(&mut s.client, "order.placed", "{}", "o-1");
+    emit(&mut s.client, "order.placed", "{}", "o-2");
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('order.shipped', '{}', 'order', 'o-1')",
+        "23P01",
+        "one_event_per_order",
+    );
+    let n: i64 = s
+        .client
+        .query_one("SELECT count(*) FROM txevents.outbox", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 2);
+    s.check_alive();
+}
+
+#[test]
+fn deferrable_constraints_are_refused_naming_the_index() {
+    let mut s = setup("deferrable_constraints_are_refused_naming_the_index");
+    let cases = [
+        (
+            "ALTER TABLE txevents.outbox ADD CONSTRAINT agg_once UNIQUE (aggregate_id)
+               DEFERRABLE INITIALLY DEFERRED",
+            "ALTER TABLE txevents.outbox DROP CONSTRAINT agg_once",
+            "\"agg_once\", a DEFERRABLE unique constraint",
+        ),
+        (
+            "ALTER TABLE txevents.outbox ADD CONSTRAINT agg_excl
+               EXCLUDE USING btree (aggregate_id WITH =) DEFERRABLE",
+            "ALTER TABLE txevents.outbox DROP CONSTRAINT agg_excl",
+            "\"agg_excl\", a DEFERRABLE exclusion constraint",
+        ),
+    ];
+    for (add, drop, text) in cases {
+        s.client.batch_execute(add).expect(add);
+        expect_error(
+            &mut s.client,
+            "SELECT txevents.emit('order.placed', '{}', 'order', 'o-1')",
+            "55000",
+            text,
+        );
+        let err = s
+            .client
+            .batch_execute("SELECT txevents.emit('order.placed', '{}', 'order', 'o-1')")
+            .expect_err("refused");
+        let message = err.as_db_error().map(|e| e.message().to_string());
+        assert!(
+            message.as_deref().unwrap_or("").contains("NOT DEFERRABLE"),
+            "the error tells what to do: {message:?}"
+        );
+        s.client.batch_execute(drop).expect(drop);
+    }
+    emit(&mut s.client, "order.placed", "{}", "o-1");
+    s.check_alive();
+}
+
+#[test]
+fn index_left_by_a_failed_concurrent_build_is_handled_like_insert() {
+    let mut s = setup("index_left_by_a_failed_concurrent_build");
+    emit(&mut s.client, "dup", "{}", "o-1");
+    emit(&mut s.client, "dup", "{}", "o-2");
+    // Fails on the duplicates and leaves an invalid, not-ready unique index behind.
+    let err = s
+        .client
+        .batch_execute(
+            "CREATE UNIQUE INDEX CONCURRENTLY outbox_type_u ON txevents.outbox (event_type)",
+        )
+        .expect_err("duplicate event types");
+    assert_eq!(sqlstate(&err).as_deref(), Some("23505"), "{err:?}");
+    let (valid, ready): (bool, bool) = {
+        let row = s
+            .client
+            .query_one(
+                "SELECT indisvalid, indisready FROM pg_index
+                  WHERE indexrelid = 'txevents.outbox_type_u'::regclass",
+                &[],
+            )
+            .expect("index state");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((valid, ready), (false, false));
+    // A plain INSERT skips an index that is not ready; so must emit (before the fix
+    // it inserted into it and raised a unique violation).
+    s.client
+        .batch_execute("INSERT INTO txevents.outbox (event_type, payload) VALUES ('dup', '{}')")
+        .expect("plain insert");
+    emit(&mut s.client, "dup", "{}", "o-3");
+
+    // An index that is ready but not valid (a concurrent build that failed after its
+    // build phase) takes inserts, and its uniqueness is enforced, as INSERT does.
+    s.client
+        .batch_execute(
+            "DROP INDEX txevents.outbox_type_u;
+             CREATE UNIQUE INDEX outbox_agg_u ON txevents.outbox (aggregate_id);
+             UPDATE pg_index SET indisvalid = false
+              WHERE indexrelid = 'txevents.outbox_agg_u'::regclass;",
+        )
+        .expect("ready but invalid index");
+    emit(&mut s.client, "x", "{}", "o-9");
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('x', '{}', 'order', 'o-9')",
+        "23505",
+        "outbox_agg_u",
+    );
+    s.check_alive();
+}
