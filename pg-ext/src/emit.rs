@@ -2,15 +2,15 @@
 //! the outbox and queue its NOTIFY; read one back as an envelope.
 
 use cachetx_shared::{
-    notify::encode_for_envelope, validate_prefix, CacheInvalidation, Envelope, InvalidationScope,
-    Timestamp, FORMAT_VERSION, INVALIDATE_EVENT_TYPE,
+    validate_prefix, CacheInvalidation, InvalidationScope, NotifyPayload, RawEnvelope, Timestamp,
+    FORMAT_VERSION, INVALIDATE_EVENT_TYPE,
 };
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use crate::error::{TxEventsError, TxResult};
 use crate::guc::{self, NotifyMode};
-use crate::jsonb::RawJsonb;
+use crate::jsonb::{self, RawJsonb};
 use crate::{notify, outbox, validate};
 
 /// Emits one event in the current transaction and returns its id.
@@ -67,12 +67,12 @@ impl CheckedObject {
             Some(Json::Raw(raw)) if raw.is_object() => Ok(CheckedObject {
                 json: Json::Raw(raw),
             }),
-            // The slow path, only to name what was passed instead.
-            Some(Json::Raw(raw)) => {
-                validate::object(field, Some(raw.to_value())).map(|m| CheckedObject {
-                    json: Json::Value(serde_json::Value::Object(m)),
-                })
-            }
+            // Only to name what was passed instead (never parsed into serde: a
+            // number serde cannot hold must not change the message).
+            Some(Json::Raw(raw)) => Err(TxEventsError::NotAnObject {
+                field,
+                found: validate::jsonb_kind(&raw.kind()),
+            }),
             Some(Json::Value(v)) => validate::object(field, Some(v)).map(|m| CheckedObject {
                 json: Json::Value(serde_json::Value::Object(m)),
             }),
@@ -86,18 +86,6 @@ impl CheckedObject {
             Json::Value(v) => JsonB(v.clone())
                 .into_datum()
                 .ok_or_else(|| TxEventsError::Internal("jsonb conversion failed".into())),
-        }
-    }
-
-    /// The object as serde, for the envelope.
-    fn into_map(self) -> serde_json::Map<String, serde_json::Value> {
-        let value = match self.json {
-            Json::Raw(raw) => raw.to_value(),
-            Json::Value(v) => v,
-        };
-        match value {
-            serde_json::Value::Object(map) => map,
-            _ => serde_json::Map::new(),
         }
     }
 }
@@ -115,29 +103,89 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
 
     // SAFETY: plain function returning the current time.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let payload = payload.datum()?;
+    let headers = headers.datum()?;
     let (id, txid) = outbox::insert(outbox::Row {
         event_type,
         aggregate_type: event.aggregate_type,
         aggregate_id: event.aggregate_id,
-        payload: payload.datum()?,
-        headers: headers.datum()?,
+        payload,
+        headers,
         occurred_at: now,
     })?;
     if let Some(channel) = channel {
-        let envelope = Envelope {
-            v: FORMAT_VERSION,
+        // The stored jsonb's own text, spliced in verbatim: the notification carries
+        // every number exactly as txevents.get(id) returns it (SPEC 3.2).
+        let payload = jsonb::text_of(payload)?;
+        let headers = jsonb::text_of(headers)?;
+        let fields = EnvelopeFields {
             id,
-            event_type: event_type.to_string(),
-            aggregate_type: event.aggregate_type.map(str::to_string),
-            aggregate_id: event.aggregate_id.map(str::to_string),
-            payload: payload.into_map(),
-            headers: headers.into_map(),
-            occurred_at: Timestamp::from_postgres_micros(now),
-            txid: Some(txid),
+            event_type,
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+            payload,
+            headers,
+            occurred_micros: now,
+            txid,
         };
-        notify::queue(channel, encode_for_envelope(&envelope))?;
+        notify::queue(channel, fields.notification()?)?;
     }
     Ok(id)
+}
+
+/// One event's envelope fields, with payload and headers as their jsonb text.
+struct EnvelopeFields<'a> {
+    id: i64,
+    event_type: &'a str,
+    aggregate_type: Option<&'a str>,
+    aggregate_id: Option<&'a str>,
+    payload: String,
+    headers: String,
+    occurred_micros: i64,
+    txid: u64,
+}
+
+impl EnvelopeFields<'_> {
+    /// Runs `f` on the envelope, payload and headers as raw JSON.
+    fn with_raw<T>(self, f: impl FnOnce(&RawEnvelope<'_>) -> T) -> TxResult<T> {
+        // jsonb_out always writes valid JSON; failing here means a corrupt value.
+        let raw = |what: &str, text: String| {
+            serde_json::value::RawValue::from_string(text).map_err(|e| {
+                TxEventsError::Internal(format!("the stored {what} is not valid JSON text: {e}"))
+            })
+        };
+        let payload = raw("payload", self.payload)?;
+        let headers = raw("headers", self.headers)?;
+        Ok(f(&RawEnvelope {
+            v: FORMAT_VERSION,
+            id: self.id,
+            event_type: self.event_type,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            payload: &payload,
+            headers: &headers,
+            occurred_at: Timestamp::from_postgres_micros(self.occurred_micros),
+            txid: Some(self.txid),
+        }))
+    }
+
+    /// The NOTIFY payload: the envelope inline, or a reference when it is too large.
+    fn notification(self) -> TxResult<String> {
+        if self.payload.len() + self.headers.len() > cachetx_shared::NOTIFY_PAYLOAD_LIMIT {
+            // Cannot fit: skip checking megabytes of JSON only to send the reference.
+            return Ok(NotifyPayload::Ref {
+                id: self.id,
+                event_type: self.event_type.to_string(),
+            }
+            .to_json());
+        }
+        self.with_raw(NotifyPayload::encode_for_raw_envelope)
+    }
+
+    /// The envelope's JSON text, as `txevents.get` returns it.
+    fn envelope_json(self) -> TxResult<String> {
+        self.with_raw(|e| e.to_json())
+    }
 }
 
 /// Emits a `cache.invalidate` event for `keys` of namespace `prefix` (SPEC 3.1).
@@ -199,21 +247,25 @@ fn emit_invalidation(invalidation: CacheInvalidation) -> TxResult<i64> {
     })
 }
 
-/// The event `id` as its envelope (the same JSON as an inline notification carries),
-/// or NULL if there is no such event (never emitted, rolled back, or pruned).
+/// The event `id` as its envelope (the same JSON as an inline notification carries,
+/// payload and headers verbatim), or NULL if there is no such event (never emitted,
+/// rolled back, or pruned).
 #[pg_extern(name = "get", security_definer, strict, stable)]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
-fn txevents_get(id: i64) -> Option<JsonB> {
-    match envelope(id) {
-        Ok(found) => found.map(|e| JsonB(serde_json::to_value(&e).unwrap_or_default())),
+fn txevents_get(id: i64) -> Option<RawJsonb> {
+    let text = match envelope_json(id) {
+        Ok(Some(text)) => text,
+        Ok(None) => return None,
         Err(e) => e.raise(),
-    }
+    };
+    Some(jsonb::from_text(text).unwrap_or_else(|e| e.raise()))
 }
 
-fn envelope(id: i64) -> TxResult<Option<Envelope>> {
-    Spi::connect(|client| {
+/// Reads the row of event `id` and writes its envelope.
+fn envelope_json(id: i64) -> TxResult<Option<String>> {
+    let fields = Spi::connect(|client| {
         let table = client.select(
-            "SELECT event_type, aggregate_type, aggregate_id, payload, headers,
+            "SELECT event_type, aggregate_type, aggregate_id, payload::text, headers::text,
                     occurred_at, txid::text
                FROM txevents.outbox WHERE id = $1",
             Some(1),
@@ -222,26 +274,45 @@ fn envelope(id: i64) -> TxResult<Option<Envelope>> {
         let Some(row) = table.into_iter().next() else {
             return Ok(None);
         };
-        let event_type: String = row.get(1)?.unwrap_or_default();
-        let payload: Option<JsonB> = row.get(4)?;
-        let headers: Option<JsonB> = row.get(5)?;
-        let occurred_at: Option<TimestampWithTimeZone> = row.get(6)?;
-        let txid: Option<String> = row.get(7)?;
-        let object = |j: Option<JsonB>| match j.map(|j| j.0) {
-            Some(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
+        // The columns are NOT NULL: a NULL here is a corrupt row, not a default.
+        let required = |what: &'static str| {
+            TxEventsError::Internal(format!("event {id} has a NULL {what} in txevents.outbox"))
         };
-        let micros = occurred_at.map(|t| t.into_inner()).unwrap_or_default();
-        Ok(Some(Envelope {
-            v: FORMAT_VERSION,
-            id,
+        let event_type: String = row.get(1)?.ok_or_else(|| required("event_type"))?;
+        let aggregate_type: Option<String> = row.get(2)?;
+        let aggregate_id: Option<String> = row.get(3)?;
+        let payload: String = row.get(4)?.ok_or_else(|| required("payload"))?;
+        let headers: String = row.get(5)?.ok_or_else(|| required("headers"))?;
+        let occurred_at: TimestampWithTimeZone =
+            row.get(6)?.ok_or_else(|| required("occurred_at"))?;
+        let txid: String = row.get(7)?.ok_or_else(|| required("txid"))?;
+        let txid: u64 = txid.parse().map_err(|_| {
+            TxEventsError::Internal(format!("event {id} has an unreadable txid {txid:?}"))
+        })?;
+        Ok::<_, TxEventsError>(Some((
             event_type,
-            aggregate_type: row.get(2)?,
-            aggregate_id: row.get(3)?,
-            payload: object(payload),
-            headers: object(headers),
-            occurred_at: Timestamp::from_postgres_micros(micros),
-            txid: txid.and_then(|t| t.parse().ok()),
-        }))
-    })
+            aggregate_type,
+            aggregate_id,
+            payload,
+            headers,
+            occurred_at.into_inner(),
+            txid,
+        )))
+    })?;
+    let Some((event_type, aggregate_type, aggregate_id, payload, headers, micros, txid)) = fields
+    else {
+        return Ok(None);
+    };
+    EnvelopeFields {
+        id,
+        event_type: &event_type,
+        aggregate_type: aggregate_type.as_deref(),
+        aggregate_id: aggregate_id.as_deref(),
+        payload,
+        headers,
+        occurred_micros: micros,
+        txid,
+    }
+    .envelope_json()
+    .map(Some)
 }

@@ -2,13 +2,18 @@
 //!
 //! pgrx's `JsonB` turns every value into text and then into a `serde_json::Value`, and
 //! back. `emit` only needs to know that an argument is an object and to store it as it
-//! came; it parses it only when a NOTIFY payload has to be built (and to describe a
-//! wrong value in an error message). `poll` returns the stored payloads as they are.
+//! came; the NOTIFY payload and `get` splice the jsonb's own text into the envelope,
+//! never a serde round trip (which would change numbers beyond an `f64` or `u64`).
+//! `poll` returns the stored payloads as they are.
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::datum::Datum;
 use pgrx::nullable::Nullable;
+use std::ffi::CString;
+
 use pgrx::{pg_sys, FromDatum, IntoDatum};
+
+use crate::error::{TxEventsError, TxResult};
 
 /// `JsonbContainer.header` flag of an object root (utils/jsonb.h).
 const JB_FOBJECT: u32 = 0x2000_0000;
@@ -97,17 +102,45 @@ impl RawJsonb {
         header & JB_FOBJECT != 0
     }
 
-    /// The value parsed into serde (through its text form).
-    pub fn to_value(&self) -> serde_json::Value {
-        // SAFETY: jsonb_out of a valid jsonb datum returns a palloc'd C string.
-        let text = unsafe {
-            pgrx::direct_function_call::<&core::ffi::CStr>(
-                pg_sys::jsonb_out,
-                &[Some(self.detoasted())],
-            )
+    /// The JSON kind of the root, as `jsonb_typeof` names it (`object`, `array`,
+    /// `string`, `number`, `boolean`, `null`).
+    pub fn kind(&self) -> String {
+        // SAFETY: jsonb_typeof of a valid jsonb datum returns a text datum.
+        let kind = unsafe {
+            pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(self.detoasted())])
         };
-        text.and_then(|t| t.to_str().ok())
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or(serde_json::Value::Null)
+        kind.unwrap_or_default()
     }
+}
+
+/// The text Postgres writes for the jsonb `datum` (`jsonb_out`, the same text as
+/// `payload::text`): numbers exactly as stored, whatever their size or precision.
+pub fn text_of(datum: pg_sys::Datum) -> TxResult<String> {
+    // SAFETY: `datum` is a non-null jsonb; jsonb_out detoasts it and returns a palloc'd
+    // C string.
+    let text = unsafe {
+        pgrx::direct_function_call::<&core::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)])
+    };
+    let text = text.ok_or_else(|| TxEventsError::Internal("jsonb_out returned NULL".into()))?;
+    text.to_str()
+        .map(str::to_string)
+        .map_err(|_| TxEventsError::Internal("jsonb text is not UTF-8".into()))
+}
+
+/// Parses JSON text into a jsonb datum with Postgres's own parser (`jsonb_in`), which
+/// keeps every number as a `numeric`.
+pub fn from_text(text: String) -> TxResult<RawJsonb> {
+    let text = CString::new(text)
+        .map_err(|_| TxEventsError::Internal("JSON text holds a NUL byte".into()))?;
+    // SAFETY: jsonb_in takes a C string valid for the call and returns a palloc'd jsonb
+    // (a malformed text raises a Postgres ERROR, which pgrx re-raises).
+    let datum = unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::jsonb_in,
+            &[Some(pg_sys::Datum::from(text.as_ptr()))],
+        )
+    };
+    datum
+        .map(RawJsonb)
+        .ok_or_else(|| TxEventsError::Internal("jsonb_in returned NULL".into()))
 }

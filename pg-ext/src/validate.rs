@@ -17,6 +17,19 @@ pub fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// The JSON kind named by `jsonb_typeof` (`object`, `array`, ...), as in error messages.
+pub fn jsonb_kind(typeof_name: &str) -> &'static str {
+    match typeof_name {
+        "null" => "null",
+        "boolean" => "a boolean",
+        "number" => "a number",
+        "string" => "a string",
+        "array" => "an array",
+        "object" => "an object",
+        _ => "an unknown JSON kind",
+    }
+}
+
 /// Longest event type accepted: a NOTIFY that falls back to a reference still
 /// carries the type, and must stay under Postgres's 8000-byte payload limit.
 pub const MAX_EVENT_TYPE_LEN: usize = 255;
@@ -188,6 +201,21 @@ mod tests {
                 found: "a string"
             })
         );
+    }
+
+    #[test]
+    fn jsonb_kinds_read_like_json_kinds() {
+        for (name, value) in [
+            ("null", json!(null)),
+            ("boolean", json!(true)),
+            ("number", json!(1)),
+            ("string", json!("s")),
+            ("array", json!([])),
+            ("object", json!({})),
+        ] {
+            assert_eq!(jsonb_kind(name), json_kind(&value));
+        }
+        assert_eq!(jsonb_kind("?"), "an unknown JSON kind");
     }
 
     fn invalid(r: TxResult<impl std::fmt::Debug>) -> String {
