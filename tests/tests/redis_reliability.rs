@@ -137,6 +137,85 @@ fn reads_of_unknown_prefixes_never_lock_writers_out() {
     set(&mut writer, "last", "k", 600, "v");
 }
 
+/// `NSCACHE.GET c<i> k` for every i in `range`, pipelined.
+fn read_unknown_prefixes(conn: &mut Connection, range: std::ops::Range<usize>) {
+    let mut pipe = redis::pipe();
+    for i in range {
+        pipe.cmd("NSCACHE.GET")
+            .arg(format!("c{i}"))
+            .arg("k")
+            .ignore();
+    }
+    let () = pipe.query(conn).expect("reads");
+}
+
+fn used_memory(conn: &mut Connection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(conn).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("used_memory")
+}
+
+#[test]
+fn forgotten_namespaces_give_their_memory_back() {
+    let server = RedisServer::start_with_module_args(&["max-namespaces", "100"]);
+    let mut conn = server.conn();
+    read_unknown_prefixes(&mut conn, 0..2_000);
+    let before = used_memory(&mut conn);
+    // Each namespace costs ~21 KiB: keeping 20,000 would be ~400 MB.
+    read_unknown_prefixes(&mut conn, 2_000..22_000);
+    let after = used_memory(&mut conn);
+    assert!(
+        after - before < 4 * 1024 * 1024,
+        "used_memory grew from {before} to {after}"
+    );
+    assert!(namespaces(&mut conn) <= 100);
+}
+
+#[test]
+fn a_namespace_is_not_forgotten_while_its_entries_await_lazy_freeing() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    fill(&mut conn, "p", 100_000, 600, "value");
+    let _: () = redis::cmd("FLUSHALL")
+        .arg("ASYNC")
+        .query(&mut conn)
+        .expect("FLUSHALL ASYNC");
+    // The entries are freed on the lazy-free thread: FORGET succeeds only
+    // once the last one is gone, and never corrupts what comes after.
+    let mut refused = 0;
+    loop {
+        match forget(&mut conn, "p") {
+            Ok(Value::Okay) => break,
+            Ok(other) => panic!("FORGET: {other:?}"),
+            Err(err) => {
+                assert!(err.to_string().contains("holds"), "{err}");
+                refused += 1;
+            }
+        }
+    }
+    set(&mut conn, "p", "k", 600, "v");
+    wait_until(Duration::from_secs(20), "lazy free done", || {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query(&mut conn)
+            .expect("INFO");
+        info.contains("lazyfree_pending_objects:0")
+    });
+    let s = stats(&mut conn, "p");
+    let usage: u64 = redis::cmd("MEMORY")
+        .arg(&["USAGE", "p:{k}"])
+        .query(&mut conn)
+        .expect("MEMORY USAGE");
+    assert_eq!(
+        (s.entries, s.bytes, s.sets),
+        (1, usage, 1),
+        "refused {refused} times"
+    );
+    alive(&server);
+}
+
 #[test]
 fn when_every_namespace_holds_entries_writes_hit_the_cap_and_reads_still_answer() {
     let server = RedisServer::start_with_module_args(&["max-namespaces", "3"]);
