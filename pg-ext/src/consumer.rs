@@ -27,12 +27,25 @@ use crate::backoff;
 use crate::error::{TxEventsError, TxResult};
 use crate::jsonb::RawJsonb;
 use crate::plans;
+use crate::poll_range::{self, Position, Read};
 use crate::snapshot::Snapshot;
 use crate::validate;
 
 /// Largest batch `poll` hands out.
 pub const MAX_BATCH: i32 = 10_000;
 const LEASE_EXPIRED: &str = "lease expired before ack or nack";
+
+/// A value of the extension's own tables that must be present: NULL there is corrupt
+/// state, reported as an internal error instead of being replaced by a default (which
+/// could rewind a group or hand out a wrong attempt count).
+fn required<T>(value: Option<T>, what: &str) -> TxResult<T> {
+    value.ok_or_else(|| corrupt(format!("{what} is NULL")))
+}
+
+/// An internal error about corrupt state of the extension's tables.
+fn corrupt(what: impl std::fmt::Display) -> TxEventsError {
+    TxEventsError::Internal(format!("corrupt consumer state: {what}"))
+}
 
 fn interval_micros(field: &'static str, value: Option<Interval>) -> TxResult<i64> {
     let value = value.ok_or(TxEventsError::NullArgument(field))?;
@@ -84,8 +97,11 @@ fn create_consumer(
             .as_deref()
             .and_then(Snapshot::parse)
             .ok_or_else(|| TxEventsError::Internal("unreadable pg_current_snapshot()".into()))?;
-        let snapshot = match own.and_then(|x| x.parse::<u64>().ok()) {
-            Some(xid) => snapshot.with_running(xid),
+        // NULL: this transaction has no id yet, so it has emitted nothing.
+        let snapshot = match own {
+            Some(xid) => snapshot.with_running(xid.parse::<u64>().map_err(|_| {
+                TxEventsError::Internal(format!("unreadable transaction id {xid:?}"))
+            })?),
             None => snapshot,
         };
         let inserted = plans::execute(
@@ -185,8 +201,8 @@ struct Group {
     max_attempts: i32,
     done: String,
     range: Option<String>,
-    pos_txid: String,
-    pos_id: i64,
+    /// Where reading the range goes on; meaningful only while `range` is set.
+    pos: Position,
 }
 
 fn lock_group(client: &mut SpiClient<'_>, name: &str) -> TxResult<Group> {
@@ -201,18 +217,43 @@ fn lock_group(client: &mut SpiClient<'_>, name: &str) -> TxResult<Group> {
     let Some(row) = table.into_iter().next() else {
         return Err(TxEventsError::UndefinedConsumer(name.to_string()));
     };
+    let in_group = |what: &str| format!("{what} of consumer group \"{name}\"");
+    let max_attempts: i32 = required(row.get(2)?, &in_group("max_attempts"))?;
+    let done: String = required(row.get(3)?, &in_group("done_snapshot"))?;
+    let range: Option<String> = row.get(4)?;
+    let range_txid: Option<String> = row.get(5)?;
+    let range_id: Option<i64> = row.get(6)?;
+    let done_snapshot = Snapshot::parse(&done).ok_or_else(|| {
+        corrupt(format!(
+            "{} {done:?} is unreadable",
+            in_group("done_snapshot")
+        ))
+    })?;
+    let pos = poll_range::stored_position(range.is_some(), range_txid.as_deref(), range_id)
+        .map_err(|why| corrupt(format!("consumer group \"{name}\": {why}")))?;
     Ok(Group {
         event_types: row.get(1)?,
-        max_attempts: row.get(2)?.unwrap_or(1),
-        done: row.get(3)?.unwrap_or_default(),
-        range: row.get(4)?,
-        pos_txid: row.get(5)?.unwrap_or_else(|| "0".to_string()),
-        pos_id: row.get(6)?.unwrap_or(0),
+        max_attempts,
+        done,
+        range,
+        pos: pos.unwrap_or_else(|| poll_range::start(&done_snapshot)),
     })
 }
 
-fn xmin_of(snapshot: &str) -> &str {
-    snapshot.split(':').next().unwrap_or("")
+/// The `xmin` of a snapshot's text, to notice when the done snapshot moved on.
+fn xmin_of(snapshot: &str) -> TxResult<u64> {
+    Snapshot::parse(snapshot)
+        .map(|s| s.xmin)
+        .ok_or_else(|| corrupt(format!("unreadable snapshot {snapshot:?}")))
+}
+
+/// The attempt count at `index` of a claim; the two arrays of a claim have one entry
+/// per event, so a missing one is corrupt state.
+fn attempt_at(attempts: &[i32], index: usize, claim: i64) -> TxResult<i32> {
+    attempts
+        .get(index)
+        .copied()
+        .ok_or_else(|| corrupt(format!("claim {claim} has fewer attempts than event ids")))
 }
 
 /// Removes the first `taken` entries of a claim: deletes the row when nothing is left.
@@ -229,8 +270,8 @@ fn shrink_claim(
         .collect();
     let kept_attempts: Vec<i32> = (0..ids.len())
         .filter(|&i| keep(i))
-        .map(|i| attempts.get(i).copied().unwrap_or(1))
-        .collect();
+        .map(|i| attempt_at(attempts, i, claim))
+        .collect::<TxResult<_>>()?;
     if kept_ids.is_empty() {
         plans::execute(
             client,
@@ -305,9 +346,9 @@ fn poll(
         )?;
         let mut expired_claims = Vec::new();
         for row in expired {
-            let claim: i64 = row.get(1)?.unwrap_or_default();
-            let claim_ids: Vec<i64> = row.get(2)?.unwrap_or_default();
-            let claim_attempts: Vec<i32> = row.get(3)?.unwrap_or_default();
+            let claim: i64 = required(row.get(1)?, "claim id")?;
+            let claim_ids: Vec<i64> = required(row.get(2)?, "claim event_ids")?;
+            let claim_attempts: Vec<i32> = required(row.get(3)?, "claim attempts")?;
             expired_claims.push((claim, claim_ids, claim_attempts));
         }
         for (claim, claim_ids, claim_attempts) in expired_claims {
@@ -317,7 +358,7 @@ fn poll(
             let mut taken = 0;
             let (mut dead_ids, mut dead_attempts) = (Vec::new(), Vec::new());
             while taken < claim_ids.len() && ids.len() < want {
-                let attempt = claim_attempts.get(taken).copied().unwrap_or(1);
+                let attempt = attempt_at(&claim_attempts, taken, claim)?;
                 if attempt >= group.max_attempts {
                     dead_ids.push(claim_ids[taken]);
                     dead_attempts.push(attempt);
@@ -352,10 +393,10 @@ fn poll(
             )?;
             let mut rows = Vec::new();
             for row in due {
-                let id: i64 = row.get(1)?.unwrap_or_default();
-                let done: i32 = row.get(2)?.unwrap_or_default();
-                let at: Option<TimestampWithTimeZone> = row.get(3)?;
-                rows.push((at.map(|t| t.into_inner()).unwrap_or_default(), id, done));
+                let id: i64 = required(row.get(1)?, "retry event_id")?;
+                let done: i32 = required(row.get(2)?, "retry attempts")?;
+                let at: TimestampWithTimeZone = required(row.get(3)?, "retry next_attempt_at")?;
+                rows.push((at.into_inner(), id, done));
             }
             rows.sort_unstable();
             for (_, id, done) in rows {
@@ -365,110 +406,105 @@ fn poll(
         }
 
         // 3. New events, range by range.
-        let old_done_xmin = xmin_of(&group.done).to_string();
+        let old_done_xmin = xmin_of(&group.done)?;
         let mut state_changed = false;
         let mut fresh_this_poll = false;
         while ids.len() < want {
-            if group.range.is_none() {
-                let snap: Option<String> =
-                    plans::execute(client, "SELECT pg_current_snapshot()::text", Some(1), &[])?
-                        .first()
-                        .get(1)?;
-                group.range = snap;
-                // Every transaction below the done snapshot's xmin is visible in it.
-                group.pos_txid = xmin_of(&group.done).to_string();
-                group.pos_id = 0;
-                fresh_this_poll = true;
-            }
-            let Some(range) = group.range.clone() else {
-                return Err(TxEventsError::Internal("no snapshot".into()));
-            };
             let done = Snapshot::parse(&group.done)
-                .ok_or_else(|| TxEventsError::Internal("unreadable done_snapshot".into()))?;
-            let pos_txid: u64 = group.pos_txid.parse().unwrap_or(0);
-            // Events not visible in `done` belong to its running transactions (`xip`)
-            // or to transactions from its xmax on. Reading the two parts apart keeps a
-            // poll from re-reading every event committed since a long transaction began.
-            let xip: Vec<String> = done
-                .xip
-                .iter()
-                .filter(|&&x| x >= pos_txid)
-                .map(u64::to_string)
-                .collect();
-            let in_xip_phase = pos_txid < done.xmax && !xip.is_empty();
-            if pos_txid < done.xmax && !in_xip_phase {
-                group.pos_txid = done.xmax.to_string();
-                group.pos_id = 0;
-            }
+                .ok_or_else(|| corrupt(format!("unreadable done_snapshot {:?}", group.done)))?;
+            let range = match group.range.clone() {
+                Some(range) => range,
+                None => {
+                    let snap: Option<String> =
+                        plans::execute(client, "SELECT pg_current_snapshot()::text", Some(1), &[])?
+                            .first()
+                            .get(1)?;
+                    let snap = snap.ok_or_else(|| {
+                        TxEventsError::Internal("pg_current_snapshot() returned NULL".into())
+                    })?;
+                    group.range = Some(snap.clone());
+                    group.pos = poll_range::start(&done);
+                    fresh_this_poll = true;
+                    snap
+                }
+            };
+            let read = poll_range::next_read(&done, group.pos);
             let room = want - ids.len();
-            let rows = if in_xip_phase {
-                let args: [DatumWithOid; 6] = [
-                    xip.into(),
-                    group.pos_txid.as_str().into(),
-                    group.pos_id.into(),
-                    range.as_str().into(),
-                    group.event_types.clone().into(),
-                    (room as i64).into(),
-                ];
-                plans::execute(
-                    client,
-                    "SELECT o.id, o.txid::text AS txid_text FROM txevents.outbox o
-                      WHERE o.txid = ANY($1::text[]::xid8[])
-                        AND (o.txid, o.id) > ($2::xid8, $3::bigint)
-                        AND pg_visible_in_snapshot(o.txid, $4::pg_snapshot)
-                        AND ($5::text[] IS NULL OR o.event_type = ANY($5::text[]))
-                      ORDER BY o.txid, o.id LIMIT $6",
-                    None,
-                    &args,
-                )?
-            } else {
-                let args: [DatumWithOid; 5] = [
-                    range.as_str().into(),
-                    group.pos_txid.as_str().into(),
-                    group.pos_id.into(),
-                    group.event_types.clone().into(),
-                    (room as i64).into(),
-                ];
-                plans::execute(
-                    client,
-                    // From the position on, in the order of the (txid, id) index; every
-                    // txid here is at or above done's xmax, so invisible in done. The
-                    // output column must not be named txid, or ORDER BY would sort text.
-                    "SELECT o.id, o.txid::text AS txid_text FROM txevents.outbox o
-                      WHERE (o.txid, o.id) > ($2::xid8, $3::bigint)
-                        AND o.txid < pg_snapshot_xmax($1::pg_snapshot)
-                        AND pg_visible_in_snapshot(o.txid, $1::pg_snapshot)
-                        AND ($4::text[] IS NULL OR o.event_type = ANY($4::text[]))
-                      ORDER BY o.txid, o.id LIMIT $5",
-                    None,
-                    &args,
-                )?
+            let rows = match &read {
+                Read::Running { xids, from } => {
+                    group.pos = *from;
+                    let xids: Vec<String> = xids.iter().map(u64::to_string).collect();
+                    let args: [DatumWithOid; 6] = [
+                        xids.into(),
+                        from.txid.to_string().into(),
+                        from.id.into(),
+                        range.as_str().into(),
+                        group.event_types.clone().into(),
+                        (room as i64).into(),
+                    ];
+                    plans::execute(
+                        client,
+                        "SELECT o.id, o.txid::text AS txid_text FROM txevents.outbox o
+                          WHERE o.txid = ANY($1::text[]::xid8[])
+                            AND (o.txid, o.id) > ($2::xid8, $3::bigint)
+                            AND pg_visible_in_snapshot(o.txid, $4::pg_snapshot)
+                            AND ($5::text[] IS NULL OR o.event_type = ANY($5::text[]))
+                          ORDER BY o.txid, o.id LIMIT $6",
+                        None,
+                        &args,
+                    )?
+                }
+                Read::Tail { from } => {
+                    group.pos = *from;
+                    let args: [DatumWithOid; 5] = [
+                        range.as_str().into(),
+                        from.txid.to_string().into(),
+                        from.id.into(),
+                        group.event_types.clone().into(),
+                        (room as i64).into(),
+                    ];
+                    plans::execute(
+                        client,
+                        // From the position on, in the order of the (txid, id) index; every
+                        // txid here is at or above done's xmax, so invisible in done. The
+                        // output column must not be named txid, or ORDER BY would sort text.
+                        "SELECT o.id, o.txid::text AS txid_text FROM txevents.outbox o
+                          WHERE (o.txid, o.id) > ($2::xid8, $3::bigint)
+                            AND o.txid < pg_snapshot_xmax($1::pg_snapshot)
+                            AND pg_visible_in_snapshot(o.txid, $1::pg_snapshot)
+                            AND ($4::text[] IS NULL OR o.event_type = ANY($4::text[]))
+                          ORDER BY o.txid, o.id LIMIT $5",
+                        None,
+                        &args,
+                    )?
+                }
             };
             let mut found = 0;
             let mut last = None;
             for row in rows {
-                let id: i64 = row.get(1)?.unwrap_or_default();
-                let txid: Option<String> = row.get(2)?;
+                let id: i64 = required(row.get(1)?, "outbox id")?;
+                let txid: String = required(row.get(2)?, "outbox txid")?;
+                let txid: u64 = txid
+                    .parse()
+                    .map_err(|_| corrupt(format!("unreadable outbox txid {txid:?}")))?;
                 ids.push(id);
                 attempts.push(1);
                 found += 1;
-                last = Some((txid, id));
+                last = Some(Position { txid, id });
             }
             if found > 0 {
                 state_changed = true;
             }
             if found == room {
-                if let Some((Some(txid), id)) = last {
-                    group.pos_txid = txid;
-                    group.pos_id = id;
+                if let Some(last) = last {
+                    group.pos = last;
                 }
                 break;
             }
-            if in_xip_phase {
+            if let Read::Running { .. } = read {
                 // The transactions that were running at `done` are read; go on from
                 // its xmax, in the same range.
-                group.pos_txid = done.xmax.to_string();
-                group.pos_id = 0;
+                group.pos = poll_range::after_running(&done);
                 continue;
             }
             // Range exhausted: all of it is claimed.
@@ -479,14 +515,14 @@ fn poll(
                 state_changed = true;
                 continue;
             }
-            if xmin_of(&group.done) != old_done_xmin {
+            if xmin_of(&group.done)? != old_done_xmin {
                 state_changed = true;
             }
             break;
         }
         if state_changed {
-            let range_txid = group.range.as_ref().map(|_| group.pos_txid.clone());
-            let range_id = group.range.as_ref().map(|_| group.pos_id);
+            let range_txid = group.range.as_ref().map(|_| group.pos.txid.to_string());
+            let range_id = group.range.as_ref().map(|_| group.pos.id);
             plans::execute(
                 client,
                 "UPDATE txevents.consumers
@@ -537,15 +573,14 @@ fn poll(
                     .ok_or_else(|| TxEventsError::Internal("NULL payload or headers".into()))
             };
             out.push((
-                row.get::<i64>(1)?.unwrap_or_default(),
-                row.get::<String>(2)?.unwrap_or_default(),
+                required(row.get::<i64>(1)?, "outbox id")?,
+                required(row.get::<String>(2)?, "outbox event_type")?,
                 row.get::<String>(3)?,
                 row.get::<String>(4)?,
                 json(5)?,
                 json(6)?,
-                row.get::<TimestampWithTimeZone>(7)?
-                    .unwrap_or_else(TimestampWithTimeZone::negative_infinity),
-                row.get::<i32>(8)?.unwrap_or(1),
+                required(row.get::<TimestampWithTimeZone>(7)?, "outbox occurred_at")?,
+                required(row.get::<i32>(8)?, "claimed attempt")?,
             ));
         }
         Ok(out)
@@ -609,7 +644,7 @@ fn ack(consumer: Option<&str>, ids: Option<Vec<Option<i64>>>) -> TxResult<i64> {
             )?
             .first()
             .get_one()?;
-        Ok(acked.unwrap_or(0))
+        required(acked, "acked count")
     })
 }
 
@@ -655,9 +690,9 @@ fn nack(
         let Some(row) = table.into_iter().next() else {
             return Err(TxEventsError::UndefinedConsumer(consumer.to_string()));
         };
-        let max_attempts: i32 = row.get(1)?.unwrap_or(1);
-        let base: i64 = row.get(2)?.unwrap_or(0);
-        let cap: i64 = row.get(3)?.unwrap_or(0);
+        let max_attempts: i32 = required(row.get(1)?, "max_attempts")?;
+        let base: i64 = required(row.get(2)?, "backoff_base")?;
+        let cap: i64 = required(row.get(3)?, "backoff_max")?;
 
         let claim = plans::execute(
             client,
@@ -673,11 +708,15 @@ fn nack(
                 id,
             });
         };
-        let claim: i64 = row.get(1)?.unwrap_or_default();
-        let claim_ids: Vec<i64> = row.get(2)?.unwrap_or_default();
-        let claim_attempts: Vec<i32> = row.get(3)?.unwrap_or_default();
-        let at = claim_ids.iter().position(|&e| e == id).unwrap_or(0);
-        let attempt = claim_attempts.get(at).copied().unwrap_or(1);
+        let claim: i64 = required(row.get(1)?, "claim id")?;
+        let claim_ids: Vec<i64> = required(row.get(2)?, "claim event_ids")?;
+        let claim_attempts: Vec<i32> = required(row.get(3)?, "claim attempts")?;
+        // The claim was selected for holding `id`.
+        let at = claim_ids
+            .iter()
+            .position(|&e| e == id)
+            .ok_or_else(|| corrupt(format!("claim {claim} does not hold event {id}")))?;
+        let attempt = attempt_at(&claim_attempts, at, claim)?;
         shrink_claim(client, claim, &claim_ids, &claim_attempts, |i| {
             claim_ids[i] != id
         })?;
@@ -747,7 +786,7 @@ fn txevents_redrive(
                 )?
                 .first()
                 .get_one()?;
-            Ok(n.unwrap_or(0))
+            required(n, "row count")
         })
     };
     run().unwrap_or_else(|e| e.raise())
@@ -791,7 +830,7 @@ fn txevents_prune(older_than: Option<Interval>) -> i64 {
                 )?
                 .first()
                 .get_one()?;
-            Ok(n.unwrap_or(0))
+            required(n, "row count")
         })
     };
     run().unwrap_or_else(|e| e.raise())

@@ -16,6 +16,7 @@ mod jsonb;
 mod notify;
 mod outbox;
 mod plans;
+mod poll_range;
 mod snapshot;
 mod validate;
 
@@ -28,6 +29,24 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 /// library loads.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    disable_rust_backtraces();
     guc::register();
     notify::register();
+}
+
+/// Keeps Rust backtraces out of error messages.
+///
+/// pgrx appends a captured Rust backtrace to the DETAIL of every error that passes
+/// through Rust (a Postgres ERROR raised under a pgrx guard included) whenever
+/// `Backtrace::capture()` captures one, which it does when `RUST_BACKTRACE` or
+/// `RUST_LIB_BACKTRACE` is set in the server's environment. Users must see the error's
+/// own message and SQLSTATE, not frames of the extension: `RUST_LIB_BACKTRACE=0` turns
+/// capturing off (it takes precedence over `RUST_BACKTRACE`) and only affects
+/// `std::backtrace`, not panic messages. Runs in `_PG_init`, before anything can have
+/// captured (std caches the setting at the first capture); with
+/// `shared_preload_libraries` the postmaster sets it once for every backend.
+fn disable_rust_backtraces() {
+    // The backend is single-threaded while a library loads: nothing reads the
+    // environment concurrently.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
 }

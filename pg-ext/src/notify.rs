@@ -301,8 +301,21 @@ fn publish_prepared(gid: &str) -> TxResult<()> {
             )?;
             let mut rows = Vec::new();
             for row in table {
-                let channels: Vec<String> = row.get(1)?.unwrap_or_default();
-                let payloads: Vec<String> = row.get(2)?.unwrap_or_default();
+                // NOT NULL columns written together by save_prepared: anything else is
+                // corrupt, and sending part of it would silently lose notifications.
+                let channels: Vec<String> = row.get(1)?.ok_or_else(|| {
+                    TxEventsError::Internal(format!("prepared_notify {gid:?}: channels is NULL"))
+                })?;
+                let payloads: Vec<String> = row.get(2)?.ok_or_else(|| {
+                    TxEventsError::Internal(format!("prepared_notify {gid:?}: payloads is NULL"))
+                })?;
+                if channels.len() != payloads.len() {
+                    return Err(TxEventsError::Internal(format!(
+                        "prepared_notify {gid:?}: {} channels for {} payloads",
+                        channels.len(),
+                        payloads.len()
+                    )));
+                }
                 rows.push((channels, payloads));
             }
             Ok::<_, TxEventsError>(rows)

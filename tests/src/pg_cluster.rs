@@ -3,7 +3,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -16,6 +16,17 @@ const PG_CTL_OUT: &str = "pg_ctl.out";
 const MAX_IDENT: usize = 63;
 
 static CLUSTER: OnceLock<Result<PgCluster, String>> = OnceLock::new();
+/// Start the server with `RUST_BACKTRACE=1` (see [`pg_with_rust_backtrace`]).
+static SERVER_RUST_BACKTRACE: AtomicBool = AtomicBool::new(false);
+
+/// Like [`pg`], but the cluster's server runs with `RUST_BACKTRACE=1` in its
+/// environment, to check that no Rust backtrace reaches a client. Takes effect only if
+/// this is the process's first use of the cluster: a test binary calls either this or
+/// [`pg`], never both.
+pub fn pg_with_rust_backtrace() -> &'static PgCluster {
+    SERVER_RUST_BACKTRACE.store(true, Ordering::SeqCst);
+    pg()
+}
 
 /// The cluster of this test process, started on first use and stopped (and its directory
 /// removed) when the process exits.
@@ -190,8 +201,11 @@ impl PgCluster {
         let err = out
             .try_clone()
             .map_err(|e| format!("clone file handle: {e}"))?;
-        let status = self
-            .tool("pg_ctl")
+        let mut pg_ctl = self.tool("pg_ctl");
+        if SERVER_RUST_BACKTRACE.load(Ordering::SeqCst) {
+            pg_ctl.env("RUST_BACKTRACE", "1");
+        }
+        let status = pg_ctl
             .arg("-D")
             .arg(&self.data)
             .arg("-o")
