@@ -4,7 +4,7 @@ mod pg_common;
 
 use cachetx_shared::NotifyPayload;
 use cachetx_tests::{pg, sqlstate};
-use pg_common::{event_types, expect_error, Listener, QUIET};
+use pg_common::{event_types, expect_error, ids_of, Listener, QUIET};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
@@ -91,6 +91,17 @@ fn nothing_is_published_after_rollback() {
         .expect("clear the aborted transaction");
     assert!(listener.drain(QUIET).is_empty());
     assert_eq!(outbox_count(&mut client), 0);
+
+    // Positive control: the same listener does receive a committed event, and only
+    // that one (a dead listener or a lost LISTEN would pass the checks above).
+    let committed: i64 = client
+        .query_one("SELECT txevents.emit('candidate.hired', '{}')", &[])
+        .expect("committed emit")
+        .get(0);
+    let got = listener.drain(QUIET);
+    assert_eq!(ids_of(&got), [committed], "{got:?}");
+    assert_eq!(event_types(&got), ["candidate.hired"]);
+    assert_eq!(outbox_count(&mut client), 1);
 }
 
 #[test]
