@@ -458,30 +458,222 @@ fn keys_that_share_a_stored_name_never_read_each_other() {
     assert_eq!(get(&mut conn, "p", b"{a}").as_deref(), Some(&b"tagged"[..]));
 }
 
+fn digest(conn: &mut Connection) -> String {
+    redis::cmd("DEBUG")
+        .arg("DIGEST")
+        .query(conn)
+        .expect("DEBUG DIGEST")
+}
+
+fn pexpiretime(conn: &mut Connection, stored: &[u8]) -> i64 {
+    redis::cmd("PEXPIRETIME")
+        .arg(stored)
+        .query(conn)
+        .expect("PEXPIRETIME")
+}
+
+fn keyname(conn: &mut Connection, prefix: &str, key: &[u8]) -> Vec<u8> {
+    redis::cmd("NSCACHE.KEYNAME")
+        .arg(prefix)
+        .arg(key)
+        .query(conn)
+        .expect("NSCACHE.KEYNAME")
+}
+
+fn config_set(conn: &mut Connection, name: &str, value: &str) {
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query(conn)
+        .expect("CONFIG SET");
+}
+
+fn info_field(conn: &mut Connection, section: &str, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg(section).query(conn).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+fn repl_offset(conn: &mut Connection, field: &str) -> i64 {
+    info_field(conn, "replication", field)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+fn sweep_idle(conn: &mut Connection) -> bool {
+    info_field(conn, "nscache", "nscache_sweep_pending").as_deref() == Some("0")
+}
+
+fn wait_link_up(replica: &mut Connection) {
+    wait_until(Duration::from_secs(30), "replica link up", || {
+        info_field(replica, "replication", "master_link_status").as_deref() == Some("up")
+    });
+}
+
+/// Both digests taken at one replication offset: the primary's digest between two
+/// equal readings of its offset, the replica's once it has processed exactly
+/// that offset. Sound while the primary's state changes (the sweep).
+fn digests_at_one_offset(p: &mut Connection, r: &mut Connection) -> (String, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let at = repl_offset(p, "master_repl_offset");
+        let primary = digest(p);
+        if repl_offset(p, "master_repl_offset") != at {
+            continue;
+        }
+        let caught_up = std::time::Instant::now() + Duration::from_secs(10);
+        while repl_offset(r, "slave_repl_offset") < at && std::time::Instant::now() < caught_up {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let before = repl_offset(r, "slave_repl_offset");
+        let replica = digest(r);
+        if before == at && repl_offset(r, "slave_repl_offset") == at {
+            return (primary, replica);
+        }
+    }
+    panic!("the replica never reached the primary's replication offset")
+}
+
 #[test]
 fn replica_and_restart_keep_absolute_expiry() {
-    let mut server = RedisServer::start_with(&["--appendonly", "yes"]);
-    let mut conn = server.conn();
-    set(&mut conn, "p", b"k", "100", b"v").expect("set");
-    let expire_at: i64 = redis::cmd("PEXPIRETIME")
-        .arg("p:{k}")
-        .query(&mut conn)
-        .expect("PEXPIRETIME");
-    let digest: String = redis::cmd("DEBUG")
-        .arg("DIGEST")
-        .query(&mut conn)
-        .expect("digest");
-    server.restart();
-    let mut conn = server.conn();
-    assert_eq!(get(&mut conn, "p", b"k").as_deref(), Some(&b"v"[..]));
-    let after: i64 = redis::cmd("PEXPIRETIME")
-        .arg("p:{k}")
-        .query(&mut conn)
-        .expect("PEXPIRETIME");
-    assert_eq!(after, expire_at, "AOF replay keeps the absolute expiry");
-    let digest_after: String = redis::cmd("DEBUG")
-        .arg("DIGEST")
-        .query(&mut conn)
-        .expect("digest");
-    assert_eq!(digest_after, digest);
+    let mut primary =
+        RedisServer::start_with(&["--appendonly", "yes", "--repl-diskless-sync-delay", "0"]);
+    let port = primary.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let mut p = primary.conn();
+    let mut r = replica.conn();
+    wait_link_up(&mut r);
+
+    // Entries of both key forms, binary keys and values, and very different TTLs.
+    let entries: [(&[u8], &str, &[u8]); 5] = [
+        (b"k", "100", b"v"),
+        (b"{tag}", "1000", b"tagged"),
+        (b"bin\0\xff", "86400", b"\0\xffvalue\r\n"),
+        (b"user:{7}:profile", "3153600000", b"{\"id\":7}"),
+        (b"empty", "700", b""),
+    ];
+    for (key, ttl, value) in entries {
+        assert_eq!(set(&mut p, "p", key, ttl, value).expect("set"), Value::Okay);
+    }
+    // A namespace invalidated with many entries in it, swept slowly so that the
+    // replica holds invalidated entries for a while, then written again.
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("NSCACHE.SET")
+            .arg("inv")
+            .arg(format!("key{i}"))
+            .arg(600)
+            .arg("old")
+            .ignore();
+    }
+    let () = pipe.query(&mut p).expect("pipelined NSCACHE.SET");
+    config_set(&mut p, "nscache.sweep-budget", "10");
+    let invalidated: i64 = redis::cmd("NSCACHE.INVALIDATE")
+        .arg("inv")
+        .query(&mut p)
+        .expect("INVALIDATE");
+    assert_eq!(invalidated, 2000);
+    set(&mut p, "inv", b"after", "600", b"new").expect("set after INVALIDATE");
+    set(&mut p, "inv", b"key7", "600", b"rewritten").expect("rewrite after INVALIDATE");
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query(&mut p)
+        .expect("WAIT");
+    assert_eq!(acked, 1, "the replica acknowledged the writes");
+
+    // Entries and their absolute expiry replicate.
+    for (key, ttl, value) in entries {
+        assert_eq!(get(&mut r, "p", key).as_deref(), Some(value), "{key:?}");
+        let stored = keyname(&mut p, "p", key);
+        let at = pexpiretime(&mut p, &stored);
+        assert!(at > 0, "{key:?} has an expiry");
+        assert_eq!(pexpiretime(&mut r, &stored), at, "{key:?}: same expiry");
+        let ttl_left: i64 = redis::cmd("NSCACHE.TTL")
+            .arg("p")
+            .arg(key)
+            .query(&mut r)
+            .expect("NSCACHE.TTL");
+        let ttl: i64 = ttl.parse().expect("ttl");
+        assert!(
+            (ttl - 2..=ttl).contains(&ttl_left),
+            "{key:?}: replica's NSCACHE.TTL {ttl_left}, set with {ttl}"
+        );
+    }
+    // The generation replicates: the replica still holds invalidated entries
+    // (the primary sweeps them at 10 keys per tick) and reads them as misses,
+    // while entries written after INVALIDATE are hits.
+    let mut stale_present = 0;
+    for i in (0..2000).filter(|i| *i != 7) {
+        let key = format!("key{i}");
+        assert_eq!(
+            get(&mut r, "inv", key.as_bytes()),
+            None,
+            "{key} invalidated"
+        );
+        let present: i64 = redis::cmd("EXISTS")
+            .arg(format!("inv:{{{key}}}"))
+            .query(&mut r)
+            .expect("EXISTS");
+        stale_present += present;
+    }
+    assert!(
+        stale_present > 0,
+        "the replica held no invalidated entry: the test checked deletes, not generations"
+    );
+    assert_eq!(get(&mut r, "inv", b"after").as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        get(&mut r, "inv", b"key7").as_deref(),
+        Some(&b"rewritten"[..])
+    );
+    // A replica's reads of invalidated entries leave them to the primary.
+    assert!(dbsize(&mut r) > 3, "the replica deleted nothing by itself");
+    let (dp, dr) = digests_at_one_offset(&mut p, &mut r);
+    assert_eq!(dr, dp, "replica digest while invalidated entries remain");
+
+    // Once the sweep is done both sides agree again, without the old entries.
+    config_set(&mut p, "nscache.sweep-budget", "1000");
+    wait_until(Duration::from_secs(20), "sweep done", || sweep_idle(&mut p));
+    let (dp, dr) = digests_at_one_offset(&mut p, &mut r);
+    assert_eq!(dr, dp, "replica digest after the sweep");
+    assert_eq!(dbsize(&mut r), 7, "5 entries of p, 2 of inv");
+    assert_eq!(stat(&mut r, "inv", "entries"), 2);
+    assert_eq!(stat(&mut p, "inv", "entries"), 2);
+
+    // A restart replays the AOF: same values, same absolute expiry, same digest,
+    // and the replica follows the restarted primary.
+    let expiry: Vec<i64> = entries
+        .iter()
+        .map(|(key, _, _)| {
+            let stored = keyname(&mut p, "p", key);
+            pexpiretime(&mut p, &stored)
+        })
+        .collect();
+    let before = digest(&mut p);
+    primary.restart();
+    let mut p = primary.conn();
+    for ((key, _, value), at) in entries.iter().zip(&expiry) {
+        assert_eq!(get(&mut p, "p", key).as_deref(), Some(*value), "{key:?}");
+        let stored = keyname(&mut p, "p", key);
+        assert_eq!(
+            pexpiretime(&mut p, &stored),
+            *at,
+            "{key:?}: AOF replay keeps the absolute expiry"
+        );
+    }
+    assert_eq!(get(&mut p, "inv", b"key8"), None, "still invalidated");
+    assert_eq!(
+        get(&mut p, "inv", b"key7").as_deref(),
+        Some(&b"rewritten"[..])
+    );
+    wait_until(Duration::from_secs(20), "sweep done after restart", || {
+        sweep_idle(&mut p)
+    });
+    assert_eq!(digest(&mut p), before, "same data after AOF replay");
+    wait_link_up(&mut r);
+    let (dp, dr) = digests_at_one_offset(&mut p, &mut r);
+    assert_eq!(dr, dp, "replica digest after the primary restarted");
+    assert_eq!(dp, before);
 }

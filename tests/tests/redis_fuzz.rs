@@ -1331,7 +1331,8 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
     let total = commands_from_env();
     eprintln!("nscache fuzz: seed {seed:#x} (set NSCACHE_FUZZ_SEED to replay), {total} commands");
 
-    let primary = RedisServer::start();
+    // No diskless-sync delay: the replica's first full sync takes 5 s otherwise.
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
     let port = primary.port().to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
     let mut p = connect(&primary);
