@@ -677,3 +677,261 @@ fn replica_and_restart_keep_absolute_expiry() {
     assert_eq!(dr, dp, "replica digest after the primary restarted");
     assert_eq!(dp, before);
 }
+
+fn memory_usage(conn: &mut Connection, stored: &[u8]) -> i64 {
+    redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(stored)
+        .arg("SAMPLES")
+        .arg(0)
+        .query(conn)
+        .expect("MEMORY USAGE")
+}
+
+/// Stored names of every entry, with SCAN.
+fn entry_names(conn: &mut Connection) -> Vec<Vec<u8>> {
+    redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("TYPE")
+        .arg("nscache-e")
+        .arg("COUNT")
+        .arg(1000)
+        .clone()
+        .iter(conn)
+        .expect("SCAN")
+        .collect::<Result<_, _>>()
+        .expect("SCAN item")
+}
+
+/// jemalloc's size classes up to `max` for an 8- and a 16-byte quantum together.
+fn size_classes(max: usize) -> Vec<usize> {
+    let mut classes: Vec<usize> = (1..=8).map(|i| i * 8).collect();
+    let mut base = 64;
+    while base < max {
+        let step = base / 4;
+        classes.extend((1..=4).map(|i| base + i * step));
+        base *= 2;
+    }
+    classes
+}
+
+/// A key whose stored name in namespace `prefix` is `stored_len` bytes long,
+/// wrapped (`prefix:{key}`) or carrying its own tag (`prefix:...{t}`).
+fn key_of_stored_len(prefix: &str, stored_len: usize, tagged: bool) -> Vec<u8> {
+    if tagged {
+        let len = stored_len - prefix.len() - 1;
+        let mut key = b"{t}".to_vec();
+        key.resize(len, b'k');
+        key
+    } else {
+        vec![b'k'; stored_len - prefix.len() - 3]
+    }
+}
+
+/// Checks that writing, overwriting and deleting each `(prefix, key, value
+/// size)` moves `bytes` by exactly the `MEMORY USAGE` of the key; returns the
+/// cases that did not, described.
+fn bytes_mismatches(conn: &mut Connection, cases: &[(String, Vec<u8>, usize)]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (prefix, key, value_len) in cases {
+        let value = vec![b'v'; *value_len];
+        let before = stat(conn, prefix, "bytes");
+        set(conn, prefix, key, "600", &value).expect("set");
+        let stored = keyname(conn, prefix, key);
+        let usage = memory_usage(conn, &stored);
+        let charged = stat(conn, prefix, "bytes") - before;
+        if charged != usage {
+            wrong.push(format!(
+                "{prefix}: stored name {} bytes, value {value_len} bytes: bytes +{charged}, MEMORY USAGE {usage}",
+                stored.len()
+            ));
+        }
+        // Overwriting with another size charges the difference.
+        let other = vec![b'w'; value_len / 2 + 17];
+        set(conn, prefix, key, "600", &other).expect("overwrite");
+        let usage_other = memory_usage(conn, &stored);
+        let charged = stat(conn, prefix, "bytes") - before;
+        if charged != usage_other {
+            wrong.push(format!(
+                "{prefix}: stored name {} bytes, value {value_len} overwritten with {} bytes: bytes +{charged}, MEMORY USAGE {usage_other}",
+                stored.len(),
+                other.len()
+            ));
+        }
+        let deleted: i64 = redis::cmd("NSCACHE.DEL")
+            .arg(prefix.as_str())
+            .arg(key.as_slice())
+            .query(conn)
+            .expect("NSCACHE.DEL");
+        assert_eq!(deleted, 1);
+        let left = stat(conn, prefix, "bytes") - before;
+        if left != 0 {
+            wrong.push(format!(
+                "{prefix}: stored name {} bytes, value {value_len}: {left} bytes left after DEL",
+                stored.len()
+            ));
+        }
+    }
+    wrong
+}
+
+/// Every (key, value) shape the bytes tests cover: value sizes on both sides of
+/// every allocator size class up to 1 MiB (the entry adds a 24-byte header), and
+/// stored-name lengths on both sides of the sds header and size-class limits, in
+/// both key forms and with 1- and 64-character prefixes.
+fn bytes_cases() -> Vec<(String, Vec<u8>, usize)> {
+    const HEADER: usize = 24;
+    let long_prefix = "x".repeat(64);
+    let mut cases = Vec::new();
+    let mut value_sizes: Vec<usize> = vec![0, 1, 2, 1 << 20];
+    for class in size_classes(2 << 20) {
+        // The largest value in the class, and the smallest of the next one.
+        for len in [class.checked_sub(HEADER), (class + 1).checked_sub(HEADER)]
+            .into_iter()
+            .flatten()
+        {
+            if len <= (1 << 20) + 1 {
+                value_sizes.push(len);
+            }
+        }
+    }
+    value_sizes.sort_unstable();
+    value_sizes.dedup();
+    for &value_len in &value_sizes {
+        cases.push(("b".to_string(), b"k".to_vec(), value_len));
+        if value_len < 70_000 {
+            cases.push(("b".to_string(), b"{t}k".to_vec(), value_len));
+            cases.push((long_prefix.clone(), b"k".to_vec(), value_len));
+        }
+    }
+    // sds headers change at 32, 256 and 65536 bytes; classes are around 16-byte steps.
+    let mut stored_lens: Vec<usize> = (5..=140).collect();
+    stored_lens.extend([
+        159, 160, 161, 191, 192, 250, 251, 252, 253, 254, 255, 256, 257, 258, 300, 315, 316, 1000,
+        1018, 1019, 4000, 65_520, 65_530, 65_531, 65_534, 65_535, 65_536, 65_537, 70_000,
+    ]);
+    for &stored_len in &stored_lens {
+        for value_len in [0, 9, 100] {
+            cases.push((
+                "b".to_string(),
+                key_of_stored_len("b", stored_len, false),
+                value_len,
+            ));
+            if stored_len >= 5 {
+                cases.push((
+                    "b".to_string(),
+                    key_of_stored_len("b", stored_len, true),
+                    value_len,
+                ));
+            }
+            if stored_len >= 68 {
+                cases.push((
+                    long_prefix.clone(),
+                    key_of_stored_len(&long_prefix, stored_len, false),
+                    value_len,
+                ));
+            }
+        }
+    }
+    cases
+}
+
+/// `bytes` equals the sum of `MEMORY USAGE` over the namespace's keys.
+fn assert_bytes_equal_memory_usage(conn: &mut Connection, prefixes: &[&str], when: &str) {
+    let names = entry_names(conn);
+    for prefix in prefixes {
+        let own = format!("{prefix}:");
+        let usage: i64 = names
+            .iter()
+            .filter(|n| n.starts_with(own.as_bytes()))
+            .map(|n| memory_usage(conn, n))
+            .sum();
+        assert_eq!(
+            stat(conn, prefix, "bytes"),
+            usage,
+            "{when}: bytes of {prefix} vs the sum of MEMORY USAGE of its keys"
+        );
+    }
+}
+
+#[test]
+fn stats_bytes_equal_memory_usage_exactly() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let long_prefix = "x".repeat(64);
+    let prefixes = ["b", long_prefix.as_str()];
+
+    let cases = bytes_cases();
+    let wrong = bytes_mismatches(&mut conn, &cases);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases charge other than MEMORY USAGE:\n{}",
+        wrong.len(),
+        3 * cases.len(),
+        wrong.join("\n")
+    );
+
+    // All at once, through COPY, RESTORE and a reload of the RDB.
+    let mut pipe = redis::pipe();
+    for (prefix, key, value_len) in &cases {
+        pipe.cmd("NSCACHE.SET")
+            .arg(prefix.as_str())
+            .arg(key.as_slice())
+            .arg(600)
+            .arg(vec![b'v'; *value_len])
+            .ignore();
+    }
+    let () = pipe.query(&mut conn).expect("pipelined NSCACHE.SET");
+    assert_bytes_equal_memory_usage(&mut conn, &prefixes, "after SET");
+    for (from, to) in [
+        ("b:{k}", "b:{copy-with-a-longer-name}"),
+        ("b:{t}k", "b:{c}"),
+    ] {
+        let copied: i64 = redis::cmd("COPY")
+            .arg(from)
+            .arg(to)
+            .query(&mut conn)
+            .expect("COPY");
+        assert_eq!(copied, 1, "COPY {from}");
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(from).query(&mut conn).expect("DUMP");
+        let () = redis::cmd("RESTORE")
+            .arg(format!("{to}-restored-under-a-longer-name"))
+            .arg(0)
+            .arg(dump)
+            .query(&mut conn)
+            .expect("RESTORE");
+    }
+    assert_bytes_equal_memory_usage(&mut conn, &prefixes, "after COPY and RESTORE");
+    let () = redis::cmd("DEBUG")
+        .arg("RELOAD")
+        .query(&mut conn)
+        .expect("DEBUG RELOAD");
+    assert_bytes_equal_memory_usage(&mut conn, &prefixes, "after DEBUG RELOAD");
+    let () = redis::cmd("FLUSHALL").query(&mut conn).expect("FLUSHALL");
+    for prefix in prefixes {
+        assert_eq!(
+            stat(&mut conn, prefix, "bytes"),
+            0,
+            "{prefix} after FLUSHALL"
+        );
+    }
+}
+
+#[test]
+fn stats_bytes_equal_memory_usage_exactly_in_cluster_mode() {
+    // Cluster mode adds per-key slot metadata to MEMORY USAGE.
+    let cluster = RedisCluster::start(1);
+    let mut conn = cluster.nodes[0].conn();
+    let cases: Vec<(String, Vec<u8>, usize)> = bytes_cases()
+        .into_iter()
+        .filter(|(_, key, value_len)| key.len() < 300 && *value_len < 5000)
+        .collect();
+    let wrong = bytes_mismatches(&mut conn, &cases);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases charge other than MEMORY USAGE:\n{}",
+        wrong.len(),
+        3 * cases.len(),
+        wrong.join("\n")
+    );
+}
