@@ -9,16 +9,6 @@ pub enum TxEventsError {
     /// Someone added to txevents.outbox what emit's direct insert cannot honour.
     #[error("txevents.outbox has {0}, which emit's direct insert would bypass; remove it (write your own table from a consumer instead)")]
     OutboxAltered(&'static str),
-    /// An index of txevents.outbox that emit's direct insert cannot maintain.
-    #[error("txevents.outbox has index \"{index}\", {reason}, which emit's direct insert cannot check; {fix}")]
-    OutboxIndex {
-        /// The index's name.
-        index: String,
-        /// What kind of index it is.
-        reason: &'static str,
-        /// What the user can do about it.
-        fix: &'static str,
-    },
     /// A column of txevents.outbox was added, dropped or retyped.
     #[error("txevents.outbox column {column} is not what emit writes ({found}); undo the ALTER TABLE on txevents.outbox or update the extension")]
     OutboxColumn {
@@ -87,9 +77,7 @@ impl TxEventsError {
     /// The SQLSTATE clients see.
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
-            TxEventsError::OutboxAltered(_)
-            | TxEventsError::OutboxIndex { .. }
-            | TxEventsError::OutboxColumn { .. } => {
+            TxEventsError::OutboxAltered(_) | TxEventsError::OutboxColumn { .. } => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             TxEventsError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,

@@ -10,11 +10,14 @@
 //! an index a DBA adds behave as with a plain INSERT: expression and partial indexes
 //! are evaluated in the EState's expression context, unique and exclusion constraints
 //! are checked, and indexes that CREATE INDEX CONCURRENTLY left not ready are skipped.
+//! Deferrable unique and exclusion constraints are checked as the executor does: the
+//! index insert reports a possible conflict, and `ExecARInsertTriggers` queues the
+//! constraint's internal recheck trigger, fired at the end of the statement or at
+//! commit (`INITIALLY DEFERRED`, `SET CONSTRAINTS`).
 //!
 //! What this path cannot honour, it refuses (SQLSTATE 55000) instead of bypassing:
-//! triggers, rules, row level security, CHECK constraints, deferrable unique or
-//! exclusion constraints (their check is an AFTER trigger queued for commit), and
-//! columns added, dropped or retyped (the tuple is formed for the columns below).
+//! triggers (other than those rechecks), rules, row level security, CHECK constraints,
+//! and columns added, dropped or retyped (the tuple is formed for the columns below).
 
 use std::ffi::CStr;
 
@@ -72,10 +75,13 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*rel).rd_att;
         // Everything that can refuse runs before anything is written.
-        if let Err(e) = check_columns(desc) {
-            pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            return Err(e);
-        }
+        let attributes = match live_columns(desc) {
+            Ok(attributes) => attributes,
+            Err(e) => {
+                pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                return Err(e);
+            }
+        };
         // The executor state ExecInsertIndexTuples evaluates index expressions and
         // predicates in (a null one is what crashed expression indexes). Range table
         // index 0: there is no range table, and ExecConstraints then describes a
@@ -86,20 +92,19 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
         (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
         pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
         pg_sys::ExecOpenIndices(rri, false);
-        // Indexes first: a deferrable constraint also adds an internal trigger, and
-        // its index is what the user has to change.
-        if let Err(e) = check_indexes(rri).and_then(|()| check_bypassed(rel)) {
-            pg_sys::ExecCloseIndices(rri);
-            pg_sys::FreeExecutorState(estate);
-            pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            return Err(e);
-        }
+        let rechecks = match check_bypassed(rel) {
+            Ok(rechecks) => rechecks,
+            Err(e) => {
+                pg_sys::ExecCloseIndices(rri);
+                pg_sys::FreeExecutorState(estate);
+                pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                return Err(e);
+            }
+        };
 
         let id = pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(seqid, false));
         let txid = pg_sys::GetTopFullTransactionId().value;
 
-        let mut values = [pg_sys::Datum::from(0usize); COLUMNS];
-        let mut nulls = [false; COLUMNS];
         let datums = [
             id.into_datum(),
             row.event_type.into_datum(),
@@ -110,10 +115,13 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
             Some(pg_sys::Datum::from(row.occurred_at)),
             Some(pg_sys::Datum::from(txid)),
         ];
-        for (i, d) in datums.into_iter().enumerate() {
-            match d {
-                Some(d) => values[i] = d,
-                None => nulls[i] = true,
+        // Dropped columns keep their place in the tuple, as NULL.
+        let mut values = vec![pg_sys::Datum::from(0usize); attributes.len()];
+        let mut nulls = vec![true; attributes.len()];
+        for (at, column) in attributes.iter().enumerate() {
+            if let Some(&Some(d)) = column.map(|c| &datums[c]) {
+                values[at] = d;
+                nulls[at] = false;
             }
         }
         let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
@@ -127,9 +135,10 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
             pg_sys::ExecConstraints(rri, slot, estate);
         }
         simple_heap_insert_into(rel, tuple, slot);
+        let mut recheck: *mut pg_sys::List = std::ptr::null_mut();
         if (*rri).ri_NumIndices > 0 {
-            // Deferrable constraints were refused, so nothing comes back to recheck.
-            let recheck = pg_sys::ExecInsertIndexTuples(
+            // Returns the deferrable constraints' indexes that may hold a conflict.
+            recheck = pg_sys::ExecInsertIndexTuples(
                 rri,
                 slot,
                 estate,
@@ -138,8 +147,19 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             );
-            pg_sys::list_free(recheck);
         }
+        if rechecks {
+            // What ExecSimpleRelationInsert and a plain INSERT do: queue the recheck
+            // triggers of the possibly violated constraints (only those), then end
+            // this "query": immediate ones fire now, deferred ones move to commit.
+            pg_sys::AfterTriggerBeginQuery();
+            pg_sys::ExecARInsertTriggers(estate, rri, slot, recheck, std::ptr::null_mut());
+            pg_sys::AfterTriggerEndQuery(estate);
+            // Relations and slots the trigger machinery opened in this EState.
+            pg_sys::ExecCloseResultRelations(estate);
+            pg_sys::ExecResetTupleTable((*estate).es_tupleTable, false);
+        }
+        pg_sys::list_free(recheck);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::ExecCloseIndices(rri);
         pg_sys::FreeExecutorState(estate);
@@ -178,49 +198,92 @@ const COLUMN_TYPES: [pg_sys::Oid; COLUMNS] = [
     pg_sys::XID8OID,
 ];
 
-/// Refuses a table whose columns are not the ones the tuple is formed for: a datum of
-/// the wrong type in a column would be stored as garbage.
+/// For each attribute of the outbox, the column of [`COLUMN_TYPES`] it holds, or
+/// `None` for a dropped column (an ADD then DROP COLUMN leaves one behind for good).
+/// Refuses a table whose live columns are not the ones the tuple is formed for: a
+/// datum of the wrong type would be stored as garbage, and an added column's default
+/// would be bypassed.
 ///
 /// # Safety
 /// `desc` is the open outbox's tuple descriptor.
-unsafe fn check_columns(desc: pg_sys::TupleDesc) -> TxResult<()> {
+unsafe fn live_columns(desc: pg_sys::TupleDesc) -> TxResult<Vec<Option<usize>>> {
     // SAFETY: reading the descriptor's attribute array within natts.
-    unsafe {
-        let natts = (*desc).natts as usize;
-        if natts != COLUMNS {
+    let attrs = unsafe { (*desc).attrs.as_slice((*desc).natts.max(0) as usize) };
+    let mut out = Vec::with_capacity(attrs.len());
+    let mut live = 0;
+    for attr in attrs {
+        if attr.attisdropped {
+            out.push(None);
+            continue;
+        }
+        let Some(&expected) = COLUMN_TYPES.get(live) else {
+            let name = attr_name(attr);
             return Err(TxEventsError::OutboxColumn {
-                column: "count".into(),
-                found: format!("{natts} columns, including dropped ones; emit writes {COLUMNS}"),
+                column: format!("\"{name}\""),
+                found: format!("a column added to the {COLUMNS} emit writes"),
+            });
+        };
+        if attr.atttypid != expected || attr.attgenerated != 0 {
+            return Err(TxEventsError::OutboxColumn {
+                column: format!("\"{}\"", attr_name(attr)),
+                found: if attr.attgenerated != 0 {
+                    "a generated column".into()
+                } else {
+                    format!(
+                        "type oid {}, emit writes oid {}",
+                        attr.atttypid.to_u32(),
+                        expected.to_u32()
+                    )
+                },
             });
         }
-        let attrs = (*desc).attrs.as_slice(natts);
-        for (i, (attr, expected)) in attrs.iter().zip(COLUMN_TYPES).enumerate() {
-            if attr.attisdropped || attr.atttypid != expected || attr.attgenerated != 0 {
-                return Err(TxEventsError::OutboxColumn {
-                    column: format!("{}", i + 1),
-                    found: if attr.attisdropped {
-                        "a dropped column".into()
-                    } else if attr.attgenerated != 0 {
-                        "a generated column".into()
-                    } else {
-                        format!("type oid {}", attr.atttypid.to_u32())
-                    },
-                });
-            }
-        }
-        Ok(())
+        out.push(Some(live));
+        live += 1;
     }
+    if live != COLUMNS {
+        return Err(TxEventsError::OutboxColumn {
+            column: "count".into(),
+            found: format!("{live} columns, emit writes {COLUMNS}"),
+        });
+    }
+    Ok(out)
 }
 
-/// Refuses what the executor would honour and this path would not.
+/// The name of a column.
+fn attr_name(attr: &pg_sys::FormData_pg_attribute) -> String {
+    // SAFETY: attname is a NUL-terminated NameData.
+    unsafe { CStr::from_ptr(attr.attname.data.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Refuses what the executor would honour and this path would not. Returns whether
+/// the table has recheck triggers of deferrable unique or exclusion constraints, the
+/// only triggers this path fires (as the executor does, see the module comment).
 ///
 /// # Safety
 /// `rel` is the open outbox.
-unsafe fn check_bypassed(rel: pg_sys::Relation) -> TxResult<()> {
-    // SAFETY: reading fields of an open relcache entry.
-    let what = unsafe {
+unsafe fn check_bypassed(rel: pg_sys::Relation) -> TxResult<bool> {
+    // SAFETY: reading fields of an open relcache entry; `triggers` holds
+    // `numtriggers` entries.
+    let (what, rechecks) = unsafe {
         let desc = (*rel).rd_att;
-        if !(*rel).trigdesc.is_null() {
+        let trigdesc = (*rel).trigdesc;
+        let mut rechecks = false;
+        let mut other_trigger = false;
+        if !trigdesc.is_null() {
+            for i in 0..(*trigdesc).numtriggers.max(0) as usize {
+                let trigger = &*(*trigdesc).triggers.add(i);
+                if trigger.tgisinternal
+                    && trigger.tgfoid == pg_sys::Oid::from(pg_sys::F_UNIQUE_KEY_RECHECK)
+                {
+                    rechecks = true;
+                } else {
+                    other_trigger = true;
+                }
+            }
+        }
+        let what = if other_trigger {
             Some("a trigger")
         } else if !(*rel).rd_rules.is_null() {
             Some("a rule")
@@ -230,46 +293,11 @@ unsafe fn check_bypassed(rel: pg_sys::Relation) -> TxResult<()> {
             Some("a CHECK constraint")
         } else {
             None
-        }
+        };
+        (what, rechecks)
     };
     match what {
         Some(what) => Err(TxEventsError::OutboxAltered(what)),
-        None => Ok(()),
+        None => Ok(rechecks),
     }
-}
-
-/// Refuses indexes ExecInsertIndexTuples can only half-check without the executor's
-/// AFTER trigger queue: deferrable unique and exclusion constraints (the violation is
-/// rechecked by a constraint trigger at commit). Every other index (expression,
-/// partial, unique, exclusion, not yet ready) is maintained as an INSERT would.
-///
-/// # Safety
-/// `rri` has had ExecOpenIndices run on it.
-unsafe fn check_indexes(rri: *mut pg_sys::ResultRelInfo) -> TxResult<()> {
-    // SAFETY: ri_IndexRelationDescs holds ri_NumIndices open index relations.
-    unsafe {
-        for i in 0..(*rri).ri_NumIndices.max(0) as usize {
-            let index = *(*rri).ri_IndexRelationDescs.add(i);
-            if index.is_null() {
-                continue;
-            }
-            let form = (*index).rd_index;
-            if !(*form).indimmediate {
-                let name = CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr())
-                    .to_string_lossy()
-                    .into_owned();
-                return Err(TxEventsError::OutboxIndex {
-                    index: name,
-                    reason: if (*form).indisunique {
-                        "a DEFERRABLE unique constraint"
-                    } else {
-                        "a DEFERRABLE exclusion constraint"
-                    },
-                    fix: "recreate the constraint NOT DEFERRABLE (checked at once, as emit \
-                          can) or drop it",
-                });
-            }
-        }
-    }
-    Ok(())
 }

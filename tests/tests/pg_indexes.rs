@@ -1,7 +1,8 @@
-//! Indexes a DBA adds to `txevents.outbox`: emit's direct insert maintains every kind
-//! a plain INSERT maintains (expression, partial, unique, exclusion, not yet ready) and
-//! refuses, with SQLSTATE 55000 naming the index, the deferrable constraints it cannot
-//! check at commit. No backend crashes and the server never restarts.
+//! Indexes and columns a DBA changes on `txevents.outbox`: emit's direct insert
+//! maintains every index kind a plain INSERT maintains (expression, partial, unique,
+//! exclusion, deferrable constraints checked when due, not yet ready indexes skipped),
+//! honours an added NOT NULL, and refuses (55000) columns it would write wrongly. No
+//! backend crashes and the server never restarts.
 
 mod pg_common;
 
@@ -202,43 +203,122 @@ fn exclusion_constraint_is_checked() {
     s.check_alive();
 }
 
+/// Runs `sql`, expects an error with `code` whose message names `constraint`.
+fn expect_violation(client: &mut Client, sql: &str, code: &str, constraint: &str) {
+    let err = client.batch_execute(sql).expect_err(sql);
+    assert_eq!(sqlstate(&err).as_deref(), Some(code), "{sql}: {err:?}");
+    let message = err.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message.as_deref().unwrap_or("").contains(constraint),
+        "{sql}: {message:?}"
+    );
+    // A failed COMMIT ends the transaction; a failed statement inside one does not.
+    client.batch_execute("ROLLBACK").expect("rollback");
+}
+
 #[test]
-fn deferrable_constraints_are_refused_naming_the_index() {
-    let mut s = setup("deferrable_constraints_are_refused_naming_the_index");
+fn deferrable_constraints_are_checked_when_they_are_due() {
+    let mut s = setup("deferrable_constraints_are_checked_when_due");
     let cases = [
         (
             "ALTER TABLE txevents.outbox ADD CONSTRAINT agg_once UNIQUE (aggregate_id)
                DEFERRABLE INITIALLY DEFERRED",
             "ALTER TABLE txevents.outbox DROP CONSTRAINT agg_once",
-            "\"agg_once\", a DEFERRABLE unique constraint",
+            "agg_once",
+            "23505",
         ),
         (
             "ALTER TABLE txevents.outbox ADD CONSTRAINT agg_excl
-               EXCLUDE USING btree (aggregate_id WITH =) DEFERRABLE",
+               EXCLUDE USING btree (aggregate_id WITH =) DEFERRABLE INITIALLY DEFERRED",
             "ALTER TABLE txevents.outbox DROP CONSTRAINT agg_excl",
-            "\"agg_excl\", a DEFERRABLE exclusion constraint",
+            "agg_excl",
+            "23P01",
         ),
     ];
-    for (add, drop, text) in cases {
+    for (add, drop, constraint, code) in cases {
         s.client.batch_execute(add).expect(add);
-        expect_error(
-            &mut s.client,
-            "SELECT txevents.emit('order.placed', '{}', 'order', 'o-1')",
-            "55000",
-            text,
-        );
-        let err = s
+        let before: i64 = s
             .client
-            .batch_execute("SELECT txevents.emit('order.placed', '{}', 'order', 'o-1')")
-            .expect_err("refused");
-        let message = err.as_db_error().map(|e| e.message().to_string());
-        assert!(
-            message.as_deref().unwrap_or("").contains("NOT DEFERRABLE"),
-            "the error tells what to do: {message:?}"
+            .query_one("SELECT count(*) FROM txevents.outbox", &[])
+            .expect("count")
+            .get(0);
+        // A conflict inside the transaction is allowed until COMMIT checks it.
+        // Each constraint its own value: the rows of the previous case stay.
+        let dup = format!("'dup-{constraint}'");
+        expect_violation(
+            &mut s.client,
+            &format!(
+                "BEGIN;
+                 SELECT txevents.emit('order.placed', '{{}}', 'order', {dup});
+                 SELECT txevents.emit('order.placed', '{{}}', 'order', {dup});
+                 COMMIT;"
+            ),
+            code,
+            constraint,
         );
+        // SET CONSTRAINTS ... IMMEDIATE checks at once, as for an INSERT.
+        expect_violation(
+            &mut s.client,
+            &format!(
+                "BEGIN;
+                 SELECT txevents.emit('order.placed', '{{}}', 'order', {dup});
+                 SELECT txevents.emit('order.placed', '{{}}', 'order', {dup});
+                 SET CONSTRAINTS ALL IMMEDIATE;"
+            ),
+            code,
+            constraint,
+        );
+        // A conflict resolved before COMMIT (the first row rolled back to a
+        // savepoint) is no violation.
+        s.client
+            .batch_execute(&format!(
+                "BEGIN;
+                 SAVEPOINT a;
+                 SELECT txevents.emit('order.placed', '{{}}', 'order', {dup});
+                 ROLLBACK TO SAVEPOINT a;
+                 SELECT txevents.emit('order.placed', '{{}}', 'order', {dup});
+                 COMMIT;"
+            ))
+            .expect("no conflict left at commit");
+        // Distinct values commit, and the index holds them.
+        let ids: Vec<i64> = (0..3)
+            .map(|i| {
+                emit(
+                    &mut s.client,
+                    "order.placed",
+                    "{}",
+                    &format!("ok-{constraint}-{i}"),
+                )
+            })
+            .collect();
+        let found = ids_by_index(
+            &mut s.client,
+            &format!("SELECT id FROM txevents.outbox WHERE aggregate_id = 'ok-{constraint}-1'"),
+            constraint,
+        );
+        assert_eq!(found, [ids[1]]);
+        let after: i64 = s
+            .client
+            .query_one("SELECT count(*) FROM txevents.outbox", &[])
+            .expect("count")
+            .get(0);
+        assert_eq!(after, before + 4, "the failed transactions left no rows");
         s.client.batch_execute(drop).expect(drop);
     }
-    emit(&mut s.client, "order.placed", "{}", "o-1");
+    // DEFERRABLE INITIALLY IMMEDIATE: checked at the end of the emit.
+    s.client
+        .batch_execute(
+            "ALTER TABLE txevents.outbox ADD CONSTRAINT agg_imm UNIQUE (aggregate_id)
+               DEFERRABLE INITIALLY IMMEDIATE",
+        )
+        .expect("add constraint");
+    emit(&mut s.client, "order.placed", "{}", "imm");
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('order.placed', '{}', 'order', 'imm')",
+        "23505",
+        "agg_imm",
+    );
     s.check_alive();
 }
 
@@ -291,5 +371,55 @@ fn index_left_by_a_failed_concurrent_build_is_handled_like_insert() {
         "23505",
         "outbox_agg_u",
     );
+    s.check_alive();
+}
+
+#[test]
+fn column_changes_are_honoured_or_refused() {
+    let mut s = setup("column_changes_are_honoured_or_refused");
+    // An added NOT NULL is checked, as an INSERT would (23502).
+    s.client
+        .batch_execute("ALTER TABLE txevents.outbox ALTER COLUMN aggregate_type SET NOT NULL")
+        .expect("set not null");
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('a.b')",
+        "23502",
+        "aggregate_type",
+    );
+    emit(&mut s.client, "a.b", "{}", "o-1");
+    s.client
+        .batch_execute("ALTER TABLE txevents.outbox ALTER COLUMN aggregate_type DROP NOT NULL")
+        .expect("drop not null");
+    // A column the tuple is not formed for: refused, naming the column.
+    let changes = [
+        (
+            "ALTER TABLE txevents.outbox ADD COLUMN note text DEFAULT 'x'",
+            "ALTER TABLE txevents.outbox DROP COLUMN note",
+            "column \"note\"",
+        ),
+        (
+            "ALTER TABLE txevents.outbox ALTER COLUMN aggregate_id TYPE varchar(10)",
+            "ALTER TABLE txevents.outbox ALTER COLUMN aggregate_id TYPE text",
+            "column \"aggregate_id\"",
+        ),
+    ];
+    for (change, undo, text) in changes {
+        s.client.batch_execute(change).expect(change);
+        expect_error(&mut s.client, "SELECT txevents.emit('a.b')", "55000", text);
+        s.client.batch_execute(undo).expect(undo);
+        // Undone, emit works again; a dropped column stays in the tuple descriptor
+        // for good and is written as NULL.
+        let id = emit(&mut s.client, "a.b", r#"{"k": 1}"#, "o-2");
+        let row = s
+            .client
+            .query_one(
+                "SELECT event_type, payload->>'k', aggregate_id FROM txevents.outbox WHERE id = $1",
+                &[&id],
+            )
+            .expect("the row reads back");
+        let got: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(got, ("a.b".into(), "1".into(), "o-2".into()));
+    }
     s.check_alive();
 }
