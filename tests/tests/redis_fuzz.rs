@@ -40,6 +40,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cachetx_shared::{NamespaceStats, StatsReport};
 use cachetx_tests::RedisServer;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+
 use redis::{Connection, Value};
 
 const DEFAULT_SEED: u64 = 0x6e73_6361_6368_6531;
@@ -250,14 +253,6 @@ impl Cmd {
         self.check = check;
         self
     }
-
-    fn redis_cmd(&self) -> redis::Cmd {
-        let mut cmd = redis::Cmd::new();
-        for arg in &self.args {
-            cmd.arg(arg.as_slice());
-        }
-        cmd
-    }
 }
 
 fn a(bytes: impl AsRef<[u8]>) -> Vec<u8> {
@@ -347,24 +342,171 @@ fn show_cmd(args: &[Vec<u8>]) -> String {
         .join(" ")
 }
 
-fn show_value(value: &Value) -> String {
-    match value {
-        Value::Nil => "nil".to_string(),
-        Value::Int(i) => format!("(integer) {i}"),
-        Value::BulkString(b) => show_bytes(b),
-        Value::SimpleString(s) => s.clone(),
-        Value::Okay => "OK".to_string(),
-        Value::ServerError(e) => format!("(error) {e}"),
-        Value::Array(items) | Value::Set(items) => {
-            let shown: Vec<String> = items.iter().take(6).map(show_value).collect();
-            let more = if items.len() > 6 {
-                format!(", ... {} items", items.len())
-            } else {
-                String::new()
-            };
-            format!("[{}{more}]", shown.join(", "))
+fn show_reply(reply: &Reply) -> String {
+    let list = |items: Vec<String>| -> String {
+        let more = if items.len() > 6 {
+            format!(", ... {} items", items.len())
+        } else {
+            String::new()
+        };
+        format!("[{}{more}]", items[..items.len().min(6)].join(", "))
+    };
+    match reply {
+        Reply::Nil => "nil".to_string(),
+        Reply::Int(i) => format!("(integer) {i}"),
+        Reply::Bulk(b) => show_bytes(b),
+        Reply::Simple(s) => String::from_utf8_lossy(s).into_owned(),
+        Reply::Error(e) => format!("(error) {}", show_bytes(e)),
+        Reply::Scalar(kind, text) => format!("({}) {}", char::from(*kind), show_bytes(text)),
+        Reply::Array(items) => list(items.iter().map(show_reply).collect()),
+        Reply::Map(pairs) => list(
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{} => {}", show_reply(k), show_reply(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A reply as it came off the wire (RESP2 or RESP3), bytes as they are.
+#[derive(Clone, Debug, PartialEq)]
+enum Reply {
+    Nil,
+    Int(i64),
+    Simple(Vec<u8>),
+    Error(Vec<u8>),
+    Bulk(Vec<u8>),
+    /// Arrays, sets and pushes.
+    Array(Vec<Reply>),
+    Map(Vec<(Reply, Reply)>),
+    /// A double, boolean, big number or verbatim string: type byte and text.
+    Scalar(u8, Vec<u8>),
+}
+
+fn protocol_error(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// A minimal RESP client: it writes a whole pipeline and reads the replies,
+/// accepting any bytes in them (Redis quotes a client's bytes verbatim in some
+/// errors, e.g. for an unknown command, which a client library may refuse to
+/// decode). Only a closed, silent or garbled connection is an error.
+struct RawConn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl RawConn {
+    fn connect(server: &RedisServer, resp3: bool) -> RawConn {
+        let stream = TcpStream::connect(("127.0.0.1", server.port())).expect("connect");
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("set read timeout");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let writer = stream.try_clone().expect("clone the socket");
+        let mut conn = RawConn {
+            reader: BufReader::with_capacity(1 << 16, stream),
+            writer,
+        };
+        if resp3 {
+            let hello = conn
+                .pipeline(&[vec![a(b"HELLO"), a(b"3")]])
+                .expect("HELLO 3");
+            assert!(matches!(hello[0], Reply::Map(_)), "HELLO 3: {:?}", hello[0]);
         }
-        other => format!("{other:?}").chars().take(200).collect(),
+        conn
+    }
+
+    /// Sends every command, then reads one reply per command.
+    fn pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> io::Result<Vec<Reply>> {
+        let mut out = Vec::new();
+        for args in commands {
+            write!(out, "*{}\r\n", args.len())?;
+            for arg in args {
+                write!(out, "${}\r\n", arg.len())?;
+                out.extend_from_slice(arg);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        self.writer.write_all(&out)?;
+        commands.iter().map(|_| self.read_reply()).collect()
+    }
+
+    fn line(&mut self) -> io::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line)?;
+        if !line.ends_with(b"\r\n") {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("connection closed mid-reply after {}", show_bytes(&line)),
+            ));
+        }
+        line.truncate(line.len() - 2);
+        Ok(line)
+    }
+
+    fn read_reply(&mut self) -> io::Result<Reply> {
+        let line = self.line()?;
+        let Some((&kind, rest)) = line.split_first() else {
+            return Err(protocol_error("an empty reply line".to_string()));
+        };
+        let number = || -> io::Result<i64> {
+            std::str::from_utf8(rest)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| protocol_error(format!("bad number in {}", show_bytes(&line))))
+        };
+        Ok(match kind {
+            b'+' => Reply::Simple(rest.to_vec()),
+            b'-' => Reply::Error(rest.to_vec()),
+            b':' => Reply::Int(number()?),
+            b'_' => Reply::Nil,
+            b',' | b'#' | b'(' => Reply::Scalar(kind, rest.to_vec()),
+            b'$' | b'=' | b'!' => {
+                let Ok(len) = usize::try_from(number()?) else {
+                    return Ok(Reply::Nil);
+                };
+                let mut data = vec![0; len + 2];
+                self.reader.read_exact(&mut data)?;
+                if !data.ends_with(b"\r\n") {
+                    return Err(protocol_error("a bulk reply not ended by CRLF".to_string()));
+                }
+                data.truncate(len);
+                match kind {
+                    b'$' => Reply::Bulk(data),
+                    b'!' => Reply::Error(data),
+                    _ => Reply::Scalar(kind, data),
+                }
+            }
+            b'*' | b'~' | b'>' => {
+                let Ok(n) = usize::try_from(number()?) else {
+                    return Ok(Reply::Nil);
+                };
+                Reply::Array(
+                    (0..n)
+                        .map(|_| self.read_reply())
+                        .collect::<io::Result<_>>()?,
+                )
+            }
+            b'%' | b'|' => {
+                let n = number()?;
+                let mut pairs = Vec::new();
+                for _ in 0..n {
+                    pairs.push((self.read_reply()?, self.read_reply()?));
+                }
+                if kind == b'|' {
+                    // Attributes come before the reply they describe.
+                    return self.read_reply();
+                }
+                Reply::Map(pairs)
+            }
+            other => {
+                return Err(protocol_error(format!(
+                    "unknown reply type {}",
+                    show_bytes(&[other])
+                )))
+            }
+        })
     }
 }
 
@@ -655,7 +797,28 @@ impl Fuzz {
                     Check::KeyName(expected),
                 )
             }
-            850..920 => (vec![a(b"NSCACHE.FORGET"), self.prefix()], Check::None),
+            850..885 => (vec![a(b"NSCACHE.FORGET"), self.prefix()], Check::None),
+            885..920 => {
+                // SPEC 2.4; an unknown-command error until it exists.
+                let mut args = vec![
+                    a(b"NSCACHE.FETCH"),
+                    self.prefix(),
+                    self.key(),
+                    a(self.rng.pick(&[
+                        &b"1000"[..],
+                        b"10",
+                        b"0",
+                        b"-1",
+                        b"abc",
+                        b"9223372036854775807",
+                    ])),
+                ];
+                if self.rng.one_in(2) {
+                    args.push(a(b"REFRESH"));
+                    args.push(a(self.rng.pick(&[&b"500"[..], b"0", b"99999999999", b"x"])));
+                }
+                (args, Check::None)
+            }
             _ => {
                 let form = a(self.rng.pick(&[&b"0"[..], b"1", b"2", b"", b"01"]));
                 (
@@ -849,11 +1012,25 @@ impl Fuzz {
                 }
                 Cmd::new(args)
             }
-            88..93 => {
+            88..91 => {
                 let name = self.name();
                 let value = self.value();
                 Cmd::new(vec![a(b"SET"), name, value])
             }
+            91 => {
+                // Other types at an entry's name: WRONGTYPE for nscache.
+                let name = self.name();
+                match self.rng.below(3) {
+                    0 => Cmd::new(vec![a(b"LPUSH"), name, a(b"x")]),
+                    1 => Cmd::new(vec![a(b"HSET"), name, a(b"f"), a(b"v")]),
+                    _ => Cmd::new(vec![a(b"MOVE"), name, a(b"1")]),
+                }
+            }
+            92 => {
+                let sub = a(self.rng.pick(&[&b"DIGEST-VALUE"[..], b"OBJECT"]));
+                Cmd::new(vec![a(b"DEBUG"), sub, self.name()])
+            }
+            93 => Cmd::new(vec![a(b"INFO"), a(b"nscache")]),
             _ => {
                 // A module command run from a script (effects replication, and a
                 // read-only script may not reclaim stale entries).
@@ -877,8 +1054,19 @@ impl Fuzz {
             }
             return Some(Cmd::new(args));
         }
-        if self.rng.one_in(400) {
-            let (name, values): (&[u8], &[&[u8]]) = match self.rng.below(3) {
+        if self.rng.one_in(8_000) {
+            return Some(Cmd::new(vec![a(b"SWAPDB"), a(b"0"), a(b"1")]));
+        }
+        if self.rng.one_in(3_000) {
+            // The sweep and the reclaim on read must hold off while writes are paused.
+            let ms = (1 + self.rng.below(20)).to_string().into_bytes();
+            return Some(Cmd::new(vec![a(b"CLIENT"), a(b"PAUSE"), ms, a(b"WRITE")]));
+        }
+        if self.rng.one_in(300) {
+            let (name, values): (&[u8], &[&[u8]]) = match self.rng.below(5) {
+                3 => (b"nscache.publish-invalidations", &[b"yes", b"no", b"maybe"]),
+                // Evictions under a small limit (allkeys-lru, set at start).
+                4 => (b"maxmemory", &[b"0", b"0", b"3mb", b"6mb"]),
                 0 => (
                     b"nscache.topk",
                     &[
@@ -929,13 +1117,9 @@ impl Fuzz {
     }
 
     /// Sends one batch, pipelined, and checks every reply.
-    fn run_batch(&mut self, primary: &mut Connection, replica: &mut Connection, batch: &[Cmd]) {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for cmd in batch {
-            pipe.add_command(cmd.redis_cmd());
-        }
-        let replies: Vec<Value> = match pipe.query(primary) {
+    fn run_batch(&mut self, primary: &mut RawConn, replica: &mut RawConn, batch: &[Cmd]) {
+        let commands: Vec<Vec<Vec<u8>>> = batch.iter().map(|c| c.args.clone()).collect();
+        let replies = match primary.pipeline(&commands) {
             Ok(replies) => replies,
             Err(e) => {
                 for cmd in batch {
@@ -947,19 +1131,12 @@ impl Fuzz {
         if let Some(short) = self.batch_short.take() {
             self.short_deadline = self.short_deadline.max(Instant::now() + short);
         }
-        if replies.len() != batch.len() {
-            self.fail(&format!(
-                "{} replies to {} commands",
-                replies.len(),
-                batch.len()
-            ));
-        }
         for (cmd, reply) in batch.iter().zip(&replies) {
             self.sent += 1;
-            self.remember(format!("{} -> {}", show_cmd(&cmd.args), show_value(reply)));
+            self.remember(format!("{} -> {}", show_cmd(&cmd.args), show_reply(reply)));
             let name = String::from_utf8_lossy(&cmd.args[0]).to_uppercase();
             let counts = self.tally.entry(name).or_default();
-            if matches!(reply, Value::ServerError(_)) {
+            if matches!(reply, Reply::Error(_)) {
                 counts.1 += 1;
             } else {
                 counts.0 += 1;
@@ -970,54 +1147,45 @@ impl Fuzz {
         // The replica gets the nscache commands too: reads must not change its
         // data (stale entries are the primary's to delete), writes are refused.
         let to_replica: Vec<&Cmd> = batch.iter().filter(|c| c.to_replica).collect();
-        if !to_replica.is_empty() {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for cmd in &to_replica {
-                pipe.add_command(cmd.redis_cmd());
+        if to_replica.is_empty() {
+            return;
+        }
+        let commands: Vec<Vec<Vec<u8>>> = to_replica.iter().map(|c| c.args.clone()).collect();
+        match replica.pipeline(&commands) {
+            Ok(replies) => {
+                for (cmd, reply) in to_replica.iter().zip(&replies) {
+                    if cmd.args[0].ends_with(b"SET") && !matches!(reply, Reply::Error(_)) {
+                        self.fail(&format!(
+                            "the replica accepted {} -> {}",
+                            show_cmd(&cmd.args),
+                            show_reply(reply)
+                        ));
+                    }
+                }
             }
-            match pipe.query::<Vec<Value>>(replica) {
-                Ok(replies) if replies.len() == to_replica.len() => {
-                    for (cmd, reply) in to_replica.iter().zip(&replies) {
-                        if cmd.args[0].ends_with(b"SET") && !matches!(reply, Value::ServerError(_))
-                        {
-                            self.fail(&format!(
-                                "the replica accepted {} -> {}",
-                                show_cmd(&cmd.args),
-                                show_value(reply)
-                            ));
-                        }
-                    }
+            Err(e) => {
+                for cmd in to_replica {
+                    self.remember(format!("replica: {}", show_cmd(&cmd.args)));
                 }
-                Ok(replies) => self.fail(&format!(
-                    "replica: {} replies to {} commands",
-                    replies.len(),
-                    to_replica.len()
-                )),
-                Err(e) => {
-                    for cmd in to_replica {
-                        self.remember(format!("replica: {}", show_cmd(&cmd.args)));
-                    }
-                    self.fail(&format!("the replica did not answer a batch: {e}"))
-                }
+                self.fail(&format!("the replica did not answer a batch: {e}"))
             }
         }
     }
 
-    fn check(&mut self, cmd: &Cmd, reply: &Value) {
-        let is_error = matches!(reply, Value::ServerError(_));
-        let queued = matches!(reply, Value::SimpleString(s) if s == "QUEUED");
+    fn check(&mut self, cmd: &Cmd, reply: &Reply) {
+        let is_error = matches!(reply, Reply::Error(_));
+        let queued = matches!(reply, Reply::Simple(s) if s == b"QUEUED");
         if cmd.args[0].eq_ignore_ascii_case(b"NSCACHE.RESTOREENTRY") && !is_error && !queued {
             self.internal_accepted.push(format!(
                 "{} -> {}",
                 show_cmd(&cmd.args),
-                show_value(reply)
+                show_reply(reply)
             ));
         }
         match &cmd.check {
             Check::None => {}
             Check::Dump => {
-                if let Value::BulkString(payload) = reply {
+                if let Reply::Bulk(payload) = reply {
                     if payload.len() <= 200_000 {
                         if self.dumps.len() == DUMP_POOL {
                             let i = self.rng.below(DUMP_POOL);
@@ -1030,7 +1198,7 @@ impl Fuzz {
             }
             Check::KeyName(expected) => {
                 let ok = match (expected, reply) {
-                    (Some(name), Value::BulkString(got)) => name == got,
+                    (Some(name), Reply::Bulk(got)) => name == got,
                     (None, _) => is_error,
                     _ => false,
                 };
@@ -1040,14 +1208,14 @@ impl Fuzz {
                         expected
                             .as_deref()
                             .map_or("an error".to_string(), show_bytes),
-                        show_value(reply)
+                        show_reply(reply)
                     ));
                 }
             }
             Check::StatsJsonOne | Check::StatsJsonAll => {
-                let Value::BulkString(json) = reply else {
+                let Reply::Bulk(json) = reply else {
                     // "too many namespaces" is not possible for STATS; any error is wrong.
-                    self.fail(&format!("STATS JSON replied {}", show_value(reply)));
+                    self.fail(&format!("STATS JSON replied {}", show_reply(reply)));
                 };
                 let json = String::from_utf8_lossy(json);
                 let parsed = if matches!(cmd.check, Check::StatsJsonOne) {
@@ -1060,7 +1228,7 @@ impl Fuzz {
                 }
             }
             Check::TopKeys(max) => {
-                if let Value::Array(items) = reply {
+                if let Reply::Array(items) = reply {
                     if items.len() % 2 != 0 || items.len() / 2 > *max {
                         self.fail(&format!(
                             "TOPKEYS replied {} items for at most {max} pairs",
@@ -1261,11 +1429,14 @@ fn checkpoint(
     r: &mut Connection,
     reload: bool,
 ) -> BTreeSet<(u8, Vec<u8>)> {
-    // The fuzz may have left a tiny sweep budget.
-    let _: () = redis::cmd("CONFIG")
+    // The fuzz may have left a tiny sweep budget, or a memory limit that keeps
+    // evicting.
+    let () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("nscache.sweep-budget")
         .arg("1000")
+        .arg("maxmemory")
+        .arg("0")
         .query(p)
         .expect("CONFIG SET");
     let now = Instant::now();
@@ -1343,10 +1514,29 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
 
     let started = Instant::now();
     let mut fuzz = Fuzz::new(seed);
+    // The fuzz's own connections (RESP2 and RESP3 to the primary, RESP2 to the
+    // replica); `p` and `r` serve the checks.
+    let mut fuzz_p = RawConn::connect(&primary, false);
+    let mut fuzz_p3 = RawConn::connect(&primary, true);
+    let mut fuzz_r = RawConn::connect(&replica, false);
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query(&mut p)
+        .expect("CONFIG SET maxmemory-policy");
     let mut checkpoints = 0;
+    let mut batches = 0u64;
     while fuzz.sent < total {
         let batch = fuzz.batch();
-        fuzz.run_batch(&mut p, &mut r, &batch);
+        // Every fourth batch over RESP3 (maps, doubles, nulls of another shape).
+        let conn = if batches % 4 == 3 {
+            &mut fuzz_p3
+        } else {
+            &mut fuzz_p
+        };
+        batches += 1;
+        fuzz.run_batch(conn, &mut fuzz_r, &batch);
         if fuzz.sent >= (checkpoints + 1) * CHECKPOINT_EVERY && fuzz.sent < total {
             checkpoints += 1;
             checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, true);
