@@ -87,6 +87,10 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
         // index 0: there is no range table, and ExecConstraints then describes a
         // failing row without looking one up.
         let estate = pg_sys::CreateExecutorState();
+        // Everything below is allocated in the EState's memory, as in the executor
+        // (index infos, their AM caches, the tuple), and freed with it: nothing
+        // accumulates when one statement emits many events.
+        let caller_cxt = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
         let rri: *mut pg_sys::ResultRelInfo =
             pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()).cast();
         (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
@@ -96,6 +100,7 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
             Ok(rechecks) => rechecks,
             Err(e) => {
                 pg_sys::ExecCloseIndices(rri);
+                pg_sys::MemoryContextSwitchTo(caller_cxt);
                 pg_sys::FreeExecutorState(estate);
                 pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
                 return Err(e);
@@ -162,8 +167,9 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
         pg_sys::list_free(recheck);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::ExecCloseIndices(rri);
-        pg_sys::FreeExecutorState(estate);
         pg_sys::heap_freetuple(tuple);
+        pg_sys::MemoryContextSwitchTo(caller_cxt);
+        pg_sys::FreeExecutorState(estate);
         // Keep the lock until the transaction ends, as the executor does.
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         Ok((id, txid))
