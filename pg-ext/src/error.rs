@@ -9,7 +9,10 @@ pub enum TxEventsError {
     /// Someone added to txevents.outbox what emit's direct insert cannot honour.
     #[error("txevents.outbox has {0}, which emit's direct insert would bypass; remove it (write your own table from a consumer instead)")]
     OutboxAltered(&'static str),
-    /// A column of txevents.outbox was added, dropped or retyped.
+    /// A relation emit writes is not where the extension put it.
+    #[error("relation txevents.{0} does not exist (renamed, moved or dropped); undo that ALTER or reinstall the extension")]
+    OutboxMissing(String),
+    /// A column of txevents.outbox was added or retyped.
     #[error("txevents.outbox column {column} is not what emit writes ({found}); undo the ALTER TABLE on txevents.outbox or update the extension")]
     OutboxColumn {
         /// Position (1-based) or name of the column.
@@ -77,7 +80,9 @@ impl TxEventsError {
     /// The SQLSTATE clients see.
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
-            TxEventsError::OutboxAltered(_) | TxEventsError::OutboxColumn { .. } => {
+            TxEventsError::OutboxAltered(_)
+            | TxEventsError::OutboxColumn { .. }
+            | TxEventsError::OutboxMissing(_) => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             TxEventsError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,

@@ -17,7 +17,8 @@
 //!
 //! What this path cannot honour, it refuses (SQLSTATE 55000) instead of bypassing:
 //! triggers (other than those rechecks), rules, row level security, CHECK constraints,
-//! and columns added, dropped or retyped (the tuple is formed for the columns below).
+//! and columns added or retyped (the tuple is formed for the columns below; dropped
+//! columns are written as NULL), and a renamed or moved outbox or sequence.
 
 use std::ffi::CStr;
 
@@ -36,8 +37,11 @@ const COLUMNS: usize = 8;
 
 /// One outbox row as `emit` writes it.
 pub struct Row<'a> {
+    /// The checked event type.
     pub event_type: &'a str,
+    /// Kind of the aggregate, or NULL.
     pub aggregate_type: Option<&'a str>,
+    /// Id of the aggregate, or NULL.
     pub aggregate_id: Option<&'a str>,
     /// A non-null jsonb datum.
     pub payload: pg_sys::Datum,
@@ -47,14 +51,14 @@ pub struct Row<'a> {
     pub occurred_at: i64,
 }
 
+/// The OID of relation `txevents.<name>`; a DBA may have renamed or moved it.
 fn relation(namespace: pg_sys::Oid, name: &CStr) -> TxResult<pg_sys::Oid> {
     // SAFETY: syscache lookup by name; returns InvalidOid when absent.
     let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
     if oid == pg_sys::InvalidOid {
-        return Err(TxEventsError::Internal(format!(
-            "relation txevents.{} is missing",
-            name.to_string_lossy()
-        )));
+        return Err(TxEventsError::OutboxMissing(
+            name.to_string_lossy().into_owned(),
+        ));
     }
     Ok(oid)
 }

@@ -421,5 +421,23 @@ fn column_changes_are_honoured_or_refused() {
         let got: (String, String, String) = (row.get(0), row.get(1), row.get(2));
         assert_eq!(got, ("a.b".into(), "1".into(), "o-2".into()));
     }
+    // A renamed outbox or sequence: 55000 naming it, not an internal error.
+    for (rename, undo, name) in [
+        (
+            "ALTER TABLE txevents.outbox RENAME TO outbox_old",
+            "ALTER TABLE txevents.outbox_old RENAME TO outbox",
+            "txevents.outbox does not exist",
+        ),
+        (
+            "ALTER SEQUENCE txevents.outbox_id_seq RENAME TO seq_old",
+            "ALTER SEQUENCE txevents.seq_old RENAME TO outbox_id_seq",
+            "txevents.outbox_id_seq does not exist",
+        ),
+    ] {
+        s.client.batch_execute(rename).expect(rename);
+        expect_error(&mut s.client, "SELECT txevents.emit('a.b')", "55000", name);
+        s.client.batch_execute(undo).expect(undo);
+    }
+    emit(&mut s.client, "a.b", "{}", "o-3");
     s.check_alive();
 }
