@@ -47,6 +47,8 @@ use redis::{Connection, Value};
 
 const DEFAULT_SEED: u64 = 0x6e73_6361_6368_6531;
 const DEFAULT_COMMANDS: usize = 20_000;
+/// How every failure message of this test starts.
+const FAILED: &str = "nscache fuzz failed";
 /// Commands per pipelined round trip.
 const BATCH: usize = 100;
 /// Commands between two digest comparisons (each followed by a DEBUG RELOAD).
@@ -526,6 +528,8 @@ struct Fuzz {
     log: Option<std::io::BufWriter<std::fs::File>>,
     /// Internal commands a client got to run (reported after the digest check).
     internal_accepted: Vec<String>,
+    /// Log files of the servers, for crash reports.
+    server_logs: Vec<(&'static str, std::path::PathBuf)>,
 }
 
 impl Fuzz {
@@ -548,19 +552,48 @@ impl Fuzz {
                     )
                 }),
             internal_accepted: Vec::new(),
+            server_logs: Vec::new(),
         }
     }
 
     fn fail(&self, what: &str) -> ! {
         let history: Vec<&str> = self.history.iter().map(String::as_str).collect();
         panic!(
-            "nscache fuzz failed (seed {seed:#x}; rerun with NSCACHE_FUZZ_SEED={seed:#x}) \
-             after {sent} commands: {what}\n--- last {n} commands (-> reply) ---\n{}",
+            "{FAILED} (seed {seed:#x}; rerun with NSCACHE_FUZZ_SEED={seed:#x}) \
+             after {sent} commands: {what}\n--- last {n} commands (-> reply) ---\n{}{}",
             history.join("\n"),
+            self.crash_reports(),
             seed = self.seed,
             sent = self.sent,
             n = history.len(),
         );
+    }
+
+    /// The crash reports in the servers' logs, if any; each whole log is also
+    /// copied to /tmp, since the servers' directories go when the test ends.
+    fn crash_reports(&self) -> String {
+        let mut out = String::new();
+        for (name, path) in &self.server_logs {
+            let Ok(log) = std::fs::read(path) else {
+                continue;
+            };
+            let log = String::from_utf8_lossy(&log);
+            let Some(start) = log.find("=== REDIS BUG REPORT START") else {
+                continue;
+            };
+            let copy = format!("/tmp/nscache-fuzz-{:x}-{name}.log", self.seed);
+            let saved = match std::fs::write(&copy, log.as_bytes()) {
+                Ok(()) => format!("whole log in {copy}"),
+                Err(e) => format!("could not save the log to {copy}: {e}"),
+            };
+            let report: Vec<&str> = log[start..].lines().take(120).collect();
+            let _ = write!(
+                out,
+                "\n--- the {name} crashed ({saved}) ---\n{}",
+                report.join("\n")
+            );
+        }
+        out
     }
 
     fn remember(&mut self, line: String) {
@@ -903,7 +936,10 @@ impl Fuzz {
         };
         // Corrupt the module's part (after the type byte and the module id),
         // keeping the CRC valid so the payload reaches the module's rdb_load.
-        if payload.len() > 20 && self.rng.one_in(3) {
+        // Only module payloads (type 7, RDB_TYPE_MODULE_2): with Redis's default
+        // `sanitize-dump-payload no` a corrupt hash or list is trusted and
+        // crashes Redis later, which is Redis's documented trade-off.
+        if payload.len() > 20 && payload[0] == 7 && self.rng.one_in(3) {
             let body_end = payload.len() - 10;
             match self.rng.below(3) {
                 0 => {
@@ -1472,6 +1508,36 @@ fn checkpoint(
     keys
 }
 
+/// [`checkpoint`], with any failure of its plain Redis calls (a server that
+/// died meanwhile) reported like the fuzz's own failures: seed, last commands,
+/// crash report.
+fn guarded_checkpoint(
+    fuzz: &mut Fuzz,
+    primary: &RedisServer,
+    replica: &RedisServer,
+    p: &mut Connection,
+    r: &mut Connection,
+    reload: bool,
+) -> BTreeSet<(u8, Vec<u8>)> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        checkpoint(fuzz, primary, replica, p, r, reload)
+    }));
+    match outcome {
+        Ok(keys) => keys,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            if message.starts_with(FAILED) {
+                std::panic::resume_unwind(panic);
+            }
+            fuzz.fail(&format!("at a checkpoint: {message}"))
+        }
+    }
+}
+
 fn seed_from_env() -> u64 {
     match std::env::var("NSCACHE_FUZZ_SEED") {
         Ok(s) if !s.trim().is_empty() => {
@@ -1514,6 +1580,10 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
 
     let started = Instant::now();
     let mut fuzz = Fuzz::new(seed);
+    fuzz.server_logs = vec![
+        ("primary", primary.dir().join("redis.log")),
+        ("replica", replica.dir().join("redis.log")),
+    ];
     // The fuzz's own connections (RESP2 and RESP3 to the primary, RESP2 to the
     // replica); `p` and `r` serve the checks.
     let mut fuzz_p = RawConn::connect(&primary, false);
@@ -1539,7 +1609,7 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
         fuzz.run_batch(conn, &mut fuzz_r, &batch);
         if fuzz.sent >= (checkpoints + 1) * CHECKPOINT_EVERY && fuzz.sent < total {
             checkpoints += 1;
-            checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, true);
+            guarded_checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, true);
         }
     }
 
@@ -1550,7 +1620,7 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
             fuzz.fail(&format!("the {name} does not answer PING: {pong:?}"));
         }
     }
-    let primary_keys = checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, false);
+    let primary_keys = guarded_checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, false);
     let elapsed = started.elapsed();
 
     // The entry counts follow the data on both sides.
