@@ -212,6 +212,83 @@ fn oid(rng: &mut Rng) -> String {
     }
 }
 
+/// Changes a DBA may make to the outbox, each with its undo: emit must honour or
+/// refuse each of them, never crash (SPEC 7).
+const DBA_CHANGES: &[(&str, &str)] = &[
+    (
+        "CREATE INDEX fz_expr ON txevents.outbox ((payload->>'x'))",
+        "DROP INDEX IF EXISTS txevents.fz_expr",
+    ),
+    (
+        "CREATE INDEX fz_cast ON txevents.outbox (((payload->>'n')::int))",
+        "DROP INDEX IF EXISTS txevents.fz_cast",
+    ),
+    (
+        "CREATE INDEX fz_fn ON txevents.outbox (fz_boom(event_type))",
+        "DROP INDEX IF EXISTS txevents.fz_fn",
+    ),
+    (
+        "CREATE UNIQUE INDEX fz_part ON txevents.outbox (aggregate_id) WHERE event_type = 'a.b'",
+        "DROP INDEX IF EXISTS txevents.fz_part",
+    ),
+    (
+        "CREATE UNIQUE INDEX CONCURRENTLY fz_cic ON txevents.outbox (event_type)",
+        "DROP INDEX IF EXISTS txevents.fz_cic",
+    ),
+    (
+        "CREATE INDEX fz_gin ON txevents.outbox USING gin (payload jsonb_path_ops)",
+        "DROP INDEX IF EXISTS txevents.fz_gin",
+    ),
+    (
+        "CREATE INDEX fz_hash ON txevents.outbox USING hash (aggregate_type)",
+        "DROP INDEX IF EXISTS txevents.fz_hash",
+    ),
+    (
+        "CREATE INDEX fz_brin ON txevents.outbox USING brin (occurred_at)",
+        "DROP INDEX IF EXISTS txevents.fz_brin",
+    ),
+    (
+        "ALTER TABLE txevents.outbox ADD CONSTRAINT fz_excl EXCLUDE USING btree (aggregate_id WITH =)",
+        "ALTER TABLE txevents.outbox DROP CONSTRAINT IF EXISTS fz_excl",
+    ),
+    (
+        "ALTER TABLE txevents.outbox ADD CONSTRAINT fz_def UNIQUE (aggregate_id, event_type) \
+         DEFERRABLE INITIALLY DEFERRED",
+        "ALTER TABLE txevents.outbox DROP CONSTRAINT IF EXISTS fz_def",
+    ),
+    (
+        "ALTER TABLE txevents.outbox ADD CONSTRAINT fz_check CHECK (event_type <> 'x')",
+        "ALTER TABLE txevents.outbox DROP CONSTRAINT IF EXISTS fz_check",
+    ),
+    (
+        "ALTER TABLE txevents.outbox ALTER COLUMN aggregate_id SET NOT NULL",
+        "ALTER TABLE txevents.outbox ALTER COLUMN aggregate_id DROP NOT NULL",
+    ),
+    (
+        "ALTER TABLE txevents.outbox ADD COLUMN fz_col int",
+        "ALTER TABLE txevents.outbox DROP COLUMN IF EXISTS fz_col",
+    ),
+    (
+        "CREATE TRIGGER fz_trig BEFORE INSERT ON txevents.outbox \
+         FOR EACH ROW EXECUTE FUNCTION fz_trig()",
+        "DROP TRIGGER IF EXISTS fz_trig ON txevents.outbox",
+    ),
+    (
+        "CREATE RULE fz_rule AS ON INSERT TO txevents.outbox DO ALSO NOTIFY fz",
+        "DROP RULE IF EXISTS fz_rule ON txevents.outbox",
+    ),
+    (
+        "ALTER TABLE txevents.outbox ENABLE ROW LEVEL SECURITY",
+        "ALTER TABLE txevents.outbox DISABLE ROW LEVEL SECURITY",
+    ),
+];
+
+/// One random DBA change to the outbox, or its undo.
+fn dba_change(rng: &mut Rng) -> String {
+    let (change, undo) = rng.pick(DBA_CHANGES);
+    if rng.one_in(2) { change } else { undo }.to_string()
+}
+
 /// One random call of one txevents function.
 fn call(rng: &mut Rng) -> String {
     match rng.below(21) {
@@ -309,6 +386,7 @@ fn call(rng: &mut Rng) -> String {
                 text(rng)
             ),
         },
+        19 if rng.one_in(2) => dba_change(rng),
         _ if rng.one_in(2) => {
             // A claimed event nacked with random arguments: the retry and dead-letter
             // paths.
@@ -345,7 +423,7 @@ fn random_arguments_never_give_internal_errors_or_crash() {
     let calls: usize = std::env::var("TXEVENTS_FUZZ_CALLS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(2500);
+        .unwrap_or(20_000);
     let mut rng = Rng::new(seed);
     let db = pg().create_db("random_arguments_never_give_internal_errors");
     let mut client = db.connect();
@@ -356,6 +434,11 @@ fn random_arguments_never_give_internal_errors_or_crash() {
              CREATE TABLE fz (id serial PRIMARY KEY, v text);
              CREATE TABLE fz_nopk (n int);
              CREATE VIEW fz_view AS SELECT 1 AS one;
+             CREATE FUNCTION fz_boom(t text) RETURNS text IMMUTABLE LANGUAGE plpgsql
+                 AS $$ BEGIN IF length(t) > 200 THEN RAISE 'too long: %', length(t); END IF;
+                       RETURN t; END $$;
+             CREATE FUNCTION fz_trig() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RETURN NEW; END $$;
              SELECT txevents.create_consumer('g1');
              SELECT txevents.create_consumer('g2', ARRAY['a.b'], 1, '1 ms', '2 ms');
              SELECT txevents.emit('a.b') FROM generate_series(1, 30);",
@@ -368,39 +451,54 @@ fn random_arguments_never_give_internal_errors_or_crash() {
     // One example message per SQLSTATE, printed to show what the run exercised.
     let mut examples = std::collections::BTreeMap::<String, String>::new();
     for n in 0..calls {
-        if n % 50 == 0 {
-            // Keep the deeper paths reachable: the groups exist again and the channel
-            // is valid (random calls drop the one and spoil the other).
-            client
-                .batch_execute(
-                    "RESET txevents.channel; SET txevents.notify = commit;
-                     SELECT txevents.create_consumer(n) FROM unnest(ARRAY['g1', 'g2']) AS n
-                      WHERE NOT EXISTS (SELECT 1 FROM txevents.consumers c WHERE c.name = n);",
-                )
-                .unwrap_or_else(|e| panic!("seed {seed}: maintenance after call {n}: {e:?}"));
-        }
-        let sql = call(&mut rng);
-        match client.batch_execute(&sql) {
-            Ok(()) => *by_state.entry("ok".into()).or_default() += 1,
-            Err(err) => {
-                // A failed multi-statement transaction leaves the session aborted.
-                let _ = client.batch_execute("ROLLBACK");
-                match sqlstate(&err) {
-                    Some(code) if code != "XX000" => {
-                        let message = err.as_db_error().map(|e| e.message().to_string());
-                        examples
-                            .entry(code.clone())
-                            .or_insert_with(|| short(&message.unwrap_or_default()));
-                        *by_state.entry(code).or_default() += 1
+        // Every 50 calls, keep the deeper paths reachable: the groups exist again and
+        // the channel is valid (random calls drop the one and spoil the other). These
+        // are checked like any call: a random capture may have put a trigger on
+        // txevents.consumers whose emit a random DBA change refuses.
+        let maintenance = [
+            "RESET txevents.channel",
+            "SET txevents.notify = commit",
+            "SELECT txevents.create_consumer(n) FROM unnest(ARRAY['g1', 'g2']) AS n
+              WHERE NOT EXISTS (SELECT 1 FROM txevents.consumers c WHERE c.name = n)",
+        ];
+        let random = call(&mut rng);
+        let statements: Vec<&str> = if n % 50 == 0 {
+            maintenance
+                .iter()
+                .copied()
+                .chain([random.as_str()])
+                .collect()
+        } else {
+            vec![random.as_str()]
+        };
+        let mut lost = false;
+        for sql in statements {
+            match client.batch_execute(sql) {
+                Ok(()) => *by_state.entry("ok".into()).or_default() += 1,
+                Err(err) => {
+                    // A failed multi-statement transaction leaves the session aborted;
+                    // outside one, ROLLBACK only warns.
+                    if let Err(e) = client.batch_execute("ROLLBACK") {
+                        failures.push(format!("call {n}: ROLLBACK failed: {e:?}"));
                     }
-                    code => {
-                        failures.push(format!("call {n}: {code:?} {err:?}\n  {}", short(&sql)));
-                        if client.is_closed() || code.is_none() {
-                            break;
+                    match sqlstate(&err) {
+                        Some(code) if code != "XX000" => {
+                            let message = err.as_db_error().map(|e| e.message().to_string());
+                            examples
+                                .entry(code.clone())
+                                .or_insert_with(|| short(&message.unwrap_or_default()));
+                            *by_state.entry(code).or_default() += 1
+                        }
+                        code => {
+                            failures.push(format!("call {n}: {code:?} {err:?}\n  {}", short(sql)));
+                            lost |= client.is_closed() || code.is_none();
                         }
                     }
                 }
             }
+        }
+        if lost {
+            break;
         }
     }
     eprintln!(
