@@ -109,6 +109,8 @@ impl RawJsonb {
         let kind = unsafe {
             pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(self.detoasted())])
         };
+        // jsonb_typeof never returns NULL for a value; an empty name reads as
+        // "an unknown JSON kind" in the message this is only used for.
         kind.unwrap_or_default()
     }
 }

@@ -1,8 +1,10 @@
 //! txevents: transactional domain events for Postgres (SPEC 3).
 //!
-//! Plain Rust (unit-tested without a server): `validate`, `backoff`, `snapshot`.
-//! The pgrx layer: `emit` (emit, invalidate, get), `consumer` (groups, poll, ack,
-//! nack, dead letters, prune), `capture`, `notify` (post-commit and 2PC NOTIFY), `guc`.
+//! Plain Rust (unit-tested without a server): `validate`, `backoff`, `snapshot`,
+//! `poll_range` (where a poll reads next).
+//! The pgrx layer: `emit` (emit, invalidate, get), `outbox` (emit's direct insert with
+//! the executor's index maintenance), `consumer` (groups, poll, ack, nack, dead
+//! letters, prune), `capture`, `notify` (post-commit and 2PC NOTIFY), `jsonb`, `guc`.
 
 use pgrx::prelude::*;
 
