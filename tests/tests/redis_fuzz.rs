@@ -7,8 +7,9 @@
 //! connection or a dead server, fails the test), both servers must answer PING
 //! afterwards, and the two `DEBUG DIGEST`s must be equal every 5,000 commands
 //! and at the end, once the replica has processed the primary's whole stream.
-//! At each intermediate checkpoint the primary also runs DEBUG RELOAD, which
-//! must keep its digest. At the end, the namespaces' entry counts must match the
+//! At each intermediate checkpoint the primary also reloads its data, with
+//! DEBUG RELOAD (RDB) or DEBUG LOADAOF (AOF, rewritten now and then by the
+//! fuzz), which must keep its digest. At the end, the namespaces' entry counts must match the
 //! keyspace on both servers, and no client may have run the internal
 //! NSCACHE.RESTOREENTRY.
 //!
@@ -1093,6 +1094,11 @@ impl Fuzz {
         if self.rng.one_in(8_000) {
             return Some(Cmd::new(vec![a(b"SWAPDB"), a(b"0"), a(b"1")]));
         }
+        if self.rng.one_in(2_000) {
+            // The module's rdb_save and aof_rewrite, in a fork.
+            let what = a(self.rng.pick(&[&b"BGREWRITEAOF"[..], b"BGSAVE"]));
+            return Some(Cmd::new(vec![what]));
+        }
         if self.rng.one_in(3_000) {
             // The sweep and the reclaim on read must hold off while writes are paused.
             let ms = (1 + self.rng.below(20)).to_string().into_bytes();
@@ -1448,22 +1454,34 @@ fn entries_by_namespace(conn: &mut Connection) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// What a checkpoint does after comparing the digests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reload {
+    /// Nothing.
+    No,
+    /// DEBUG RELOAD: save an RDB and load it.
+    Rdb,
+    /// DEBUG LOADAOF: load the AOF (an RDB preamble after a rewrite, then
+    /// commands, including the module's NSCACHE.RESTOREENTRY).
+    Aof,
+}
+
 /// Brings the pair to a state where digests can be compared (every short TTL
-/// passed and its key deleted by the primary, the sweep idle), compares them, and
-/// with `reload` runs DEBUG RELOAD on the primary, which must keep its digest.
-/// Returns the primary's keys.
+/// passed and its key deleted by the primary, the sweep idle, no fork running),
+/// compares them, and then reloads the primary's data as `reload` says: the
+/// primary's digest must not change. Returns the primary's keys.
 ///
-/// DEBUG RELOAD waits for this state on purpose: a primary that loads an RDB
-/// drops the keys that expired meanwhile without propagating a DEL, so a
-/// reload with expired keys pending would make the replica diverge by design of
-/// Redis, not of the module.
+/// Reloads wait for this state on purpose: a primary that loads an RDB drops
+/// the keys that expired meanwhile without propagating a DEL, so a reload with
+/// expired keys pending would make the replica diverge by design of Redis, not
+/// of the module.
 fn checkpoint(
     fuzz: &mut Fuzz,
     primary: &RedisServer,
     replica: &RedisServer,
     p: &mut Connection,
     r: &mut Connection,
-    reload: bool,
+    reload: Reload,
 ) -> BTreeSet<(u8, Vec<u8>)> {
     // The fuzz may have left a tiny sweep budget, or a memory limit that keeps
     // evicting.
@@ -1492,18 +1510,42 @@ fn checkpoint(
             "DEBUG DIGEST differs: primary {dp}, replica {dr}\n{detail}"
         ));
     }
-    if reload {
-        fuzz.remember("DEBUG RELOAD (checkpoint)".to_string());
-        let reloaded: redis::RedisResult<()> = redis::cmd("DEBUG").arg("RELOAD").query(p);
-        if let Err(e) = reloaded {
-            fuzz.fail(&format!("DEBUG RELOAD failed: {e}"));
-        }
-        let after = digest(p);
-        if after != dp {
-            fuzz.fail(&format!(
-                "DEBUG RELOAD changed the primary's digest from {dp} to {after}"
-            ));
-        }
+    let how = match reload {
+        Reload::No => return keys,
+        Reload::Rdb => "RELOAD",
+        Reload::Aof => "LOADAOF",
+    };
+    cachetx_tests::wait_until(Duration::from_secs(30), "no fork running", || {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(p)
+            .expect("INFO persistence");
+        [
+            "rdb_bgsave_in_progress:0",
+            "aof_rewrite_in_progress:0",
+            "aof_rewrite_scheduled:0",
+        ]
+        .iter()
+        .all(|want| info.lines().any(|l| l.trim() == *want))
+    });
+    fuzz.remember(format!("DEBUG {how} (checkpoint)"));
+    let reloaded: redis::RedisResult<()> = redis::cmd("DEBUG").arg(how).query(p);
+    if let Err(e) = reloaded {
+        fuzz.fail(&format!("DEBUG {how} failed: {e}"));
+    }
+    // Loading may leave invalidated entries for the sweep (their deletion is
+    // logged after them); the digest counts them as such, but compare the
+    // settled state.
+    cachetx_tests::wait_until(
+        Duration::from_secs(30),
+        "sweep done after the reload",
+        || sweep_idle(p),
+    );
+    let after = digest(p);
+    if after != dp {
+        fuzz.fail(&format!(
+            "DEBUG {how} changed the primary's digest from {dp} to {after}"
+        ));
     }
     keys
 }
@@ -1517,7 +1559,7 @@ fn guarded_checkpoint(
     replica: &RedisServer,
     p: &mut Connection,
     r: &mut Connection,
-    reload: bool,
+    reload: Reload,
 ) -> BTreeSet<(u8, Vec<u8>)> {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         checkpoint(fuzz, primary, replica, p, r, reload)
@@ -1569,7 +1611,10 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
     eprintln!("nscache fuzz: seed {seed:#x} (set NSCACHE_FUZZ_SEED to replay), {total} commands");
 
     // No diskless-sync delay: the replica's first full sync takes 5 s otherwise.
-    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    // With an AOF, for BGREWRITEAOF (the module's aof_rewrite in a fork) and
+    // DEBUG LOADAOF at checkpoints.
+    let primary =
+        RedisServer::start_with(&["--repl-diskless-sync-delay", "0", "--appendonly", "yes"]);
     let port = primary.port().to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
     let mut p = connect(&primary);
@@ -1609,7 +1654,12 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
         fuzz.run_batch(conn, &mut fuzz_r, &batch);
         if fuzz.sent >= (checkpoints + 1) * CHECKPOINT_EVERY && fuzz.sent < total {
             checkpoints += 1;
-            guarded_checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, true);
+            let reload = if checkpoints % 2 == 1 {
+                Reload::Rdb
+            } else {
+                Reload::Aof
+            };
+            guarded_checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, reload);
         }
     }
 
@@ -1620,7 +1670,8 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
             fuzz.fail(&format!("the {name} does not answer PING: {pong:?}"));
         }
     }
-    let primary_keys = guarded_checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, false);
+    let primary_keys =
+        guarded_checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, Reload::No);
     let elapsed = started.elapsed();
 
     // The entry counts follow the data on both sides.
