@@ -10,7 +10,7 @@
 //! ([`epoch`] for the command layer's cache, the removal note) or only holds it
 //! for the duration of one call on the main thread, where forgetting happens.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,7 +18,7 @@ use cachetx_shared::NamespaceStats;
 
 use crate::error::{CacheError, CacheResult};
 use crate::histogram::Histogram;
-use crate::lifecycle::{self, Candidate};
+use crate::lifecycle;
 use crate::topk::TopK;
 
 /// Event counters of a namespace (SPEC 2.5 names).
@@ -75,10 +75,21 @@ impl Stats {
     }
 }
 
+/// Where a namespace reports that its last entry went: the ids of namespaces
+/// that may have become empty, for the registry's index of empty namespaces.
+type EmptySink = &'static Mutex<BTreeSet<u64>>;
+
+/// Ids of namespaces, never reused: a late report about a forgotten namespace
+/// cannot be mistaken for another.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// One namespace.
 #[derive(Debug)]
 pub struct Namespace {
     name: Box<str>,
+    id: u64,
+    /// Set by the registry that owns the namespace.
+    empty_sink: Option<EmptySink>,
     generation: AtomicU64,
     stats: Mutex<Stats>,
     // The figures below change in free callbacks, which may run on the lazy-free
@@ -92,8 +103,14 @@ pub struct Namespace {
 impl Namespace {
     /// A fresh namespace at generation 0 tracking the `k` hottest keys.
     pub fn new(name: &str, k: usize) -> Namespace {
+        Namespace::with_sink(name, k, None)
+    }
+
+    fn with_sink(name: &str, k: usize, empty_sink: Option<EmptySink>) -> Namespace {
         Namespace {
             name: name.into(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            empty_sink,
             generation: AtomicU64::new(0),
             stats: Mutex::new(Stats::new(k)),
             entries: AtomicI64::new(0),
@@ -159,9 +176,17 @@ impl Namespace {
         if generation == self.generation() {
             self.live.fetch_sub(1, Ordering::Relaxed);
         }
+        // Copied first: after the decrement below this namespace may be gone.
+        let (id, sink) = (self.id, self.empty_sink);
         // Last touch, and Release: once `entries` reads zero the main thread may
         // forget and free this namespace while the lazy-free thread returns.
-        self.entries.fetch_sub(1, Ordering::Release);
+        if self.entries.fetch_sub(1, Ordering::Release) == 1 {
+            // The id and the sink outlive the namespace, so reporting after the
+            // decrement is safe; the registry checks the count again.
+            if let Some(sink) = sink {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+            }
+        }
     }
 
     /// Zeroes counters, hot keys and latencies (not entries, bytes or the
@@ -199,6 +224,8 @@ impl Namespace {
 struct Registered {
     ns: &'static Namespace,
     last_used: u64,
+    /// Whether it is in [`Registry::empty`] (under `last_used`).
+    indexed: bool,
 }
 
 /// Bumped whenever a namespace is forgotten (and freed): a `&'static Namespace`
@@ -212,11 +239,39 @@ pub fn epoch() -> u64 {
 }
 
 /// Name → namespace. Only the main thread looks names up.
-#[derive(Debug, Default)]
+///
+/// Making room must not cost a scan of every namespace: a client that reads
+/// unknown prefixes at the cap would make each of its reads O(cap) on the main
+/// thread. So the registry keeps the namespaces that may be empty ordered by
+/// last use (`empty`), and a namespace whose last entry goes reports its id to
+/// `became_empty` (from whichever thread freed the entry). An indexed namespace
+/// found holding entries leaves the index until it reports again, so each one
+/// is passed over at most once per time it empties: victims cost O(log n)
+/// amortized.
+#[derive(Debug)]
 pub struct Registry {
     by_name: HashMap<Box<str>, Registered>,
+    by_id: HashMap<u64, Box<str>>,
+    /// last_used → id of namespaces that may hold no entries; every empty
+    /// namespace is here or has its id in `became_empty`.
+    empty: BTreeMap<u64, u64>,
+    became_empty: EmptySink,
     /// Logical clock of uses, for the least-recently-used policy.
     clock: u64,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            by_name: HashMap::new(),
+            by_id: HashMap::new(),
+            empty: BTreeMap::new(),
+            // One per registry, and the module has one registry: it lives as
+            // long as the namespaces that may report to it.
+            became_empty: Box::leak(Box::new(Mutex::new(BTreeSet::new()))),
+            clock: 0,
+        }
+    }
 }
 
 impl Registry {
@@ -229,6 +284,11 @@ impl Registry {
     fn use_existing(&mut self, name: &str) -> Option<&'static Namespace> {
         let registered = self.by_name.get_mut(name)?;
         self.clock += 1;
+        if registered.indexed {
+            if let Some(id) = self.empty.remove(&registered.last_used) {
+                self.empty.insert(self.clock, id);
+            }
+        }
         registered.last_used = self.clock;
         Some(registered.ns)
     }
@@ -262,27 +322,65 @@ impl Registry {
     }
 
     fn insert(&mut self, name: &str, k: usize) -> &'static Namespace {
-        let ns: &'static Namespace = Box::leak(Box::new(Namespace::new(name, k)));
+        // Reports pile up only between insertions and forgets: take them here.
+        self.take_reports();
+        let ns: &'static Namespace = Box::leak(Box::new(Namespace::with_sink(
+            name,
+            k,
+            Some(self.became_empty),
+        )));
         self.clock += 1;
         let last_used = self.clock;
-        self.by_name
-            .insert(name.into(), Registered { ns, last_used });
+        self.by_name.insert(
+            name.into(),
+            Registered {
+                ns,
+                last_used,
+                indexed: true,
+            },
+        );
+        self.by_id.insert(ns.id, name.into());
+        self.empty.insert(last_used, ns.id);
         ns
+    }
+
+    /// Indexes the namespaces that reported their last entry gone.
+    fn take_reports(&mut self) {
+        let reported =
+            std::mem::take(&mut *self.became_empty.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in reported {
+            // A forgotten namespace's report is stale: its id is no longer known.
+            let Some(registered) = self.by_id.get(&id).and_then(|n| self.by_name.get_mut(n)) else {
+                continue;
+            };
+            if !registered.indexed && lifecycle::forgettable(registered.ns.entries()) {
+                registered.indexed = true;
+                self.empty.insert(registered.last_used, id);
+            }
+        }
     }
 
     /// Forgets empty namespaces, least recently used first, until fewer than
     /// `max` remain; false when that is impossible (all hold entries).
     fn make_room(&mut self, max: usize) -> bool {
+        if !lifecycle::must_make_room(self.by_name.len(), max) {
+            return true;
+        }
+        self.take_reports();
         while lifecycle::must_make_room(self.by_name.len(), max) {
-            let victim = lifecycle::victim(self.by_name.values().map(|r| Candidate {
-                key: r.ns,
-                last_used: r.last_used,
-                entries: r.ns.entries(),
-            }));
-            let Some(ns) = victim else {
+            // The least recently used indexed namespace; one that holds
+            // entries leaves the index until its last entry goes.
+            let Some((_, id)) = self.empty.pop_first() else {
                 return false;
             };
-            self.remove(ns);
+            let Some(registered) = self.by_id.get(&id).and_then(|n| self.by_name.get_mut(n)) else {
+                continue;
+            };
+            registered.indexed = false;
+            if lifecycle::forgettable(registered.ns.entries()) {
+                let ns = registered.ns;
+                self.remove(ns);
+            }
         }
         true
     }
@@ -304,7 +402,12 @@ impl Registry {
 
     /// Unregisters and frees `ns`, which holds no entries.
     fn remove(&mut self, ns: &'static Namespace) {
-        self.by_name.remove(ns.name());
+        if let Some(registered) = self.by_name.remove(ns.name()) {
+            if registered.indexed {
+                self.empty.remove(&registered.last_used);
+            }
+        }
+        self.by_id.remove(&ns.id);
         // Invalidate cached pointers before the memory goes.
         EPOCH.fetch_add(1, Ordering::Release);
         crate::removal::drop_note_for(ns);
@@ -462,6 +565,43 @@ mod tests {
         assert!(reg.get("a").is_none());
         let again = reg.get_or_create("a", 10, 4).expect("a anew");
         assert_eq!((again.generation(), again.report().invalidations), (0, 0));
+    }
+
+    #[test]
+    fn a_namespace_that_empties_later_is_a_victim_again() {
+        let mut reg = Registry::default();
+        let a = reg.get_or_create("a", 3, 4).expect("a");
+        let b = reg.get_or_create("b", 3, 4).expect("b");
+        reg.get_or_create("c", 3, 4).expect("c");
+        a.entry_created(0, 1);
+        b.entry_created(0, 1);
+        // a and b are passed over (and leave the index); c goes.
+        reg.get_or_create("d", 3, 4).expect("d");
+        assert!(reg.get("c").is_none());
+        // b's last entry goes, from any thread: b is the least recently used
+        // empty namespace again, older than d.
+        b.entry_freed(0, 1);
+        reg.get_or_create("e", 3, 4).expect("e");
+        let names: Vec<_> = reg.all().iter().map(|n| n.name().to_string()).collect();
+        assert_eq!(names, ["a", "d", "e"]);
+        // With every namespace but the newest holding entries, each new one
+        // replaces the previous newcomer.
+        let d = reg.get("d").expect("d");
+        d.entry_created(0, 1);
+        for i in 0..100 {
+            reg.get_or_create(&format!("junk{i}"), 3, 4).expect("junk");
+        }
+        let names: Vec<_> = reg.all().iter().map(|n| n.name().to_string()).collect();
+        assert_eq!(names, ["a", "d", "junk99"]);
+        // Full of entries: the cap holds.
+        reg.get("junk99").expect("junk99").entry_created(0, 1);
+        assert!(reg.get_or_create("f", 3, 4).is_err());
+        for name in ["a", "d", "junk99"] {
+            reg.get(name).expect(name).entry_freed(0, 1);
+        }
+        reg.get_or_create("f", 3, 4).expect("room again");
+        let names: Vec<_> = reg.all().iter().map(|n| n.name().to_string()).collect();
+        assert_eq!(names, ["d", "f", "junk99"], "a was the least recently used");
     }
 
     #[test]
