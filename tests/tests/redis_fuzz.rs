@@ -1663,7 +1663,18 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
         }
     }
 
-    // Both servers are up, and a fresh connection works too.
+    // The fuzz's connections are still in step (no reply too many or too few),
+    // both servers are up, and a fresh connection works too.
+    for (name, conn) in [
+        ("the primary's RESP2 connection", &mut fuzz_p),
+        ("the primary's RESP3 connection", &mut fuzz_p3),
+        ("the replica's connection", &mut fuzz_r),
+    ] {
+        let pong = conn.pipeline(&[vec![a(b"PING")]]);
+        if !matches!(pong.as_deref(), Ok([Reply::Simple(p)]) if p == b"PONG") {
+            fuzz.fail(&format!("PING on {name}: {pong:?}"));
+        }
+    }
     for (name, server) in [("primary", &primary), ("replica", &replica)] {
         let pong = ping(&mut connect(server));
         if pong.as_deref() != Ok("PONG") {
