@@ -1685,6 +1685,27 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
         guarded_checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, Reload::No);
     let elapsed = started.elapsed();
 
+    // DEBUG DIGEST sees only whether a key expires; the times must match too.
+    for (db, key) in &primary_keys {
+        let at = |conn: &mut Connection| -> i64 {
+            let () = redis::cmd("SELECT").arg(*db).query(conn).expect("SELECT");
+            redis::cmd("PEXPIRETIME")
+                .arg(key.as_slice())
+                .query(conn)
+                .expect("PEXPIRETIME")
+        };
+        let (on_p, on_r) = (at(&mut p), at(&mut r));
+        if on_p != on_r {
+            fuzz.fail(&format!(
+                "db {db} key {}: PEXPIRETIME {on_p} on the primary, {on_r} on the replica",
+                show_bytes(key)
+            ));
+        }
+    }
+    for conn in [&mut p, &mut r] {
+        let () = redis::cmd("SELECT").arg(0).query(conn).expect("SELECT");
+    }
+
     // The entry counts follow the data on both sides.
     let (ep, er) = (entries_by_namespace(&mut p), entries_by_namespace(&mut r));
     let nonzero = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
