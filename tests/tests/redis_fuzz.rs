@@ -1216,6 +1216,13 @@ impl Fuzz {
 
     fn check(&mut self, cmd: &Cmd, reply: &Reply) {
         let is_error = matches!(reply, Reply::Error(_));
+        // A panic the module caught (or an invariant it found broken) is a bug
+        // even though the server survived it.
+        if let Reply::Error(text) = reply {
+            if text.windows(14).any(|w| w == b"internal error") {
+                self.fail(&format!("{} -> {}", show_cmd(&cmd.args), show_reply(reply)));
+            }
+        }
         let queued = matches!(reply, Reply::Simple(s) if s == b"QUEUED");
         if cmd.args[0].eq_ignore_ascii_case(b"NSCACHE.RESTOREENTRY") && !is_error && !queued {
             self.internal_accepted.push(format!(
@@ -1745,6 +1752,19 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // No panic was caught anywhere (a caught panic in a callback leaves no
+    // error reply, only a log line).
+    for (name, path) in &fuzz.server_logs {
+        let log = std::fs::read(path).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let panics: Vec<&str> = log.lines().filter(|l| l.contains("panic")).collect();
+        if !panics.is_empty() {
+            fuzz.fail(&format!(
+                "the {name}'s log reports panics:\n{}",
+                panics.join("\n")
+            ));
+        }
     }
     // SPEC: NSCACHE.RESTOREENTRY is internal (AOF rewrites); a client must get
     // an error. Checked last, so that a digest mismatch is reported first.
