@@ -3,15 +3,22 @@
 //! attached (SPEC 7: "a seeded fuzz of random arguments (>= 20,000 commands)
 //! leaves the server up and a replica's digest equal").
 //!
-//! Every reply must be a value or an error reply (an I/O error, i.e. a dropped
-//! connection or a dead server, fails the test), both servers must answer PING
-//! afterwards, and the two `DEBUG DIGEST`s must be equal every 5,000 commands
-//! and at the end, once the replica has processed the primary's whole stream.
-//! At each intermediate checkpoint the primary also reloads its data, with
-//! DEBUG RELOAD (RDB) or DEBUG LOADAOF (AOF, rewritten now and then by the
-//! fuzz), which must keep its digest. At the end, the namespaces' entry counts must match the
-//! keyspace on both servers, and no client may have run the internal
-//! NSCACHE.RESTOREENTRY.
+//! What must hold:
+//! - every reply is a value or an error reply; an I/O error (a dropped
+//!   connection, a dead server) or a garbled reply fails the test, and so does an
+//!   "internal error" reply or a panic in either server's log;
+//! - both servers answer PING afterwards, on the fuzz's connections (still in
+//!   step) and on fresh ones;
+//! - every 5,000 commands and at the end, once the replica has processed the
+//!   primary's whole stream, the two `DEBUG DIGEST`s are equal; at the end every
+//!   key's `PEXPIRETIME` is too;
+//! - at each intermediate checkpoint the primary reloads its data, with DEBUG
+//!   RELOAD (RDB) or DEBUG LOADAOF (AOF, rewritten now and then by the fuzz),
+//!   and its digest does not change;
+//! - at the end the namespaces' entry counts match the keyspace, on both servers;
+//! - no client gets to run the internal NSCACHE.RESTOREENTRY;
+//! - NSCACHE.KEYNAME names the key README documents, STATS JSON parses as the
+//!   shared types, TOPKEYS returns no more pairs than asked.
 //!
 //! Environment:
 //! - `NSCACHE_FUZZ_SEED`: the seed (decimal, or hex with `0x`); a fixed default
@@ -37,13 +44,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cachetx_shared::{NamespaceStats, StatsReport};
 use cachetx_tests::RedisServer;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-
 use redis::{Connection, Value};
 
 const DEFAULT_SEED: u64 = 0x6e73_6361_6368_6531;
@@ -52,7 +58,7 @@ const DEFAULT_COMMANDS: usize = 20_000;
 const FAILED: &str = "nscache fuzz failed";
 /// Commands per pipelined round trip.
 const BATCH: usize = 100;
-/// Commands between two digest comparisons (each followed by a DEBUG RELOAD).
+/// Commands between two digest comparisons (each followed by a reload).
 const CHECKPOINT_EVERY: usize = 5_000;
 /// Commands (with replies) shown when the fuzz fails.
 const HISTORY: usize = 80;
