@@ -16,8 +16,9 @@
 //! commit (`INITIALLY DEFERRED`, `SET CONSTRAINTS`).
 //!
 //! What this path cannot honour, it refuses (SQLSTATE 55000) instead of bypassing:
-//! triggers (other than those rechecks), rules, row level security, CHECK constraints,
-//! and columns added or retyped (the tuple is formed for the columns below; dropped
+//! triggers that fire on INSERT (other than those rechecks; UPDATE, DELETE and
+//! TRUNCATE triggers, such as a referencing foreign key's, are fine), rules, row level
+//! security, CHECK constraints, and columns added or retyped (the tuple is formed for the columns below; dropped
 //! columns are written as NULL), and a renamed or moved outbox or sequence.
 
 use std::ffi::CStr;
@@ -284,6 +285,11 @@ unsafe fn check_bypassed(rel: pg_sys::Relation) -> TxResult<bool> {
         if !trigdesc.is_null() {
             for i in 0..(*trigdesc).numtriggers.max(0) as usize {
                 let trigger = &*(*trigdesc).triggers.add(i);
+                if trigger.tgtype as u32 & pg_sys::TRIGGER_TYPE_INSERT == 0 {
+                    // UPDATE, DELETE or TRUNCATE only (e.g. the RI triggers of a
+                    // foreign key referencing the outbox): an INSERT fires none.
+                    continue;
+                }
                 if trigger.tgisinternal
                     && trigger.tgfoid == pg_sys::Oid::from(pg_sys::F_UNIQUE_KEY_RECHECK)
                 {

@@ -1,0 +1,87 @@
+//! What a DBA does to `txevents.outbox` as a relation (partitioning, replacing it,
+//! triggers and foreign keys that do not fire on INSERT): emit's direct insert behaves
+//! as a plain INSERT would, or refuses with 55000, and never writes a row a plain
+//! INSERT would have refused.
+
+mod pg_common;
+
+use cachetx_tests::{pg, TestDb};
+use pg_common::{count, expect_error, postmaster_start};
+use postgres::Client;
+
+struct Setup {
+    _db: TestDb,
+    client: Client,
+    started: String,
+}
+
+fn setup(name: &str) -> Setup {
+    let db = pg().create_db(name);
+    let mut client = db.connect();
+    let started = postmaster_start(&mut client);
+    Setup {
+        _db: db,
+        client,
+        started,
+    }
+}
+
+impl Setup {
+    /// The same connection still works and the server did not restart.
+    fn check_alive(&mut self) {
+        assert_eq!(postmaster_start(&mut self.client), self.started);
+    }
+}
+
+#[test]
+fn triggers_that_do_not_fire_on_insert_do_not_stop_emit() {
+    let mut s = setup("triggers_not_on_insert");
+    // A foreign key that references the outbox puts RI triggers for UPDATE and DELETE
+    // on it; a plain INSERT fires none of them, and emit used to refuse for good.
+    s.client
+        .batch_execute(
+            "CREATE TABLE audit (event_id bigint REFERENCES txevents.outbox (id));
+             CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RETURN NULL; END $$;
+             CREATE TRIGGER on_truncate AFTER TRUNCATE ON txevents.outbox
+                 FOR EACH STATEMENT EXECUTE FUNCTION noop();
+             CREATE TRIGGER on_delete AFTER DELETE ON txevents.outbox
+                 FOR EACH ROW EXECUTE FUNCTION noop();",
+        )
+        .expect("foreign key and triggers");
+    let id: i64 = s
+        .client
+        .query_one("SELECT txevents.emit('a.b')", &[])
+        .expect("emit with UPDATE/DELETE/TRUNCATE triggers")
+        .get(0);
+    s.client
+        .execute("INSERT INTO audit VALUES ($1)", &[&id])
+        .expect("reference the event");
+    // The foreign key still holds the event in place.
+    expect_error(
+        &mut s.client,
+        &format!("DELETE FROM txevents.outbox WHERE id = {id}"),
+        "23503",
+        "audit",
+    );
+    // Triggers that do fire on INSERT are still refused, row or statement level.
+    for ddl in [
+        "CREATE TRIGGER ins AFTER INSERT ON txevents.outbox FOR EACH STATEMENT EXECUTE FUNCTION noop()",
+        "CREATE TRIGGER ins BEFORE INSERT OR UPDATE ON txevents.outbox FOR EACH ROW EXECUTE FUNCTION noop()",
+    ] {
+        s.client.batch_execute(ddl).expect(ddl);
+        expect_error(
+            &mut s.client,
+            "SELECT txevents.emit('a.b')",
+            "55000",
+            "trigger",
+        );
+        s.client
+            .batch_execute("DROP TRIGGER ins ON txevents.outbox")
+            .expect("drop trigger");
+    }
+    s.client
+        .batch_execute("SELECT txevents.emit('a.b')")
+        .expect("emit");
+    s.check_alive();
+}
