@@ -138,11 +138,12 @@ fn slot<'a>(key: &'a OpenKey, ns: &Namespace, form: KeyForm) -> CacheResult<Slot
     })
 }
 
-/// The namespace called `prefix`, created if needed (SPEC 2.6). The cap applies
-/// to clients only: a write that comes from the primary or the AOF already
-/// happened there and must not be dropped here. At the cap, the least recently
-/// used empty namespace is forgotten to make room; the error comes only when
-/// every namespace holds entries.
+/// The namespace called `prefix`, created if needed (SPEC 2.6). At the cap, the
+/// least recently used empty namespace is forgotten to make room; the error
+/// comes only when every namespace holds entries, and only for clients: a write
+/// that comes from the primary or the AOF already happened there and must not
+/// be dropped here (it still makes room from empty namespaces, so a replica's
+/// namespaces stay bounded like its primary's).
 fn namespace(ctx: &Context, prefix: &str) -> CacheResult<&'static Namespace> {
     let epoch = crate::namespace::epoch();
     if let Some((_, ns)) = LAST_NAMESPACE
@@ -154,7 +155,7 @@ fn namespace(ctx: &Context, prefix: &str) -> CacheResult<&'static Namespace> {
     let flags = ctx.get_flags();
     let mut registry = registry();
     let ns = if flags.contains(ContextFlags::REPLICATED) || flags.contains(ContextFlags::LOADING) {
-        registry.get_or_create_uncapped(prefix, config::topk())
+        registry.get_or_create_uncapped(prefix, config::max_namespaces(), config::topk())
     } else {
         registry.get_or_create(prefix, config::max_namespaces(), config::topk())?
     };

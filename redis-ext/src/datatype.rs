@@ -211,7 +211,7 @@ fn load_entry(
     // Loading never refuses a namespace over the cap: the data is already
     // there. A client's RESTORE creates data, like a write.
     let namespace = if existing {
-        registry().get_or_create_uncapped(prefix, config::topk())
+        registry().get_or_create_uncapped(prefix, config::max_namespaces(), config::topk())
     } else {
         registry()
             .get_or_create(prefix, config::max_namespaces(), config::topk())
@@ -389,7 +389,7 @@ fn load_generations(rdb: *mut raw::RedisModuleIO) -> Result<(), String> {
         let name = raw::load_string_buffer(rdb).map_err(io)?;
         let name = cachetx_shared::validate_prefix(name.as_ref()).map_err(|e| e.to_string())?;
         let generation = raw::load_unsigned(rdb).map_err(io)?;
-        let ns = registry().get_or_create_uncapped(name, config::topk());
+        let ns = registry().get_or_create_uncapped(name, config::max_namespaces(), config::topk());
         // Loaded entries take the generation in force when they load (aux data
         // comes first), so live ones stay live whatever this number was.
         ns.restore_generation(generation);

@@ -311,14 +311,24 @@ impl Registry {
         Ok(self.insert(name, k))
     }
 
-    /// The namespace called `name`, created even past the cap and without
-    /// forgetting any other: for data that already exists (RDB/AOF loading,
-    /// the replication stream), which must not be dropped.
-    pub fn get_or_create_uncapped(&mut self, name: &str, k: usize) -> &'static Namespace {
-        match self.use_existing(name) {
-            Some(ns) => ns,
-            None => self.insert(name, k),
+    /// The namespace called `name`, created even past the cap `max`: for data
+    /// that already exists (RDB/AOF loading, the replication stream), which
+    /// must not be dropped. Empty namespaces still make room first, least
+    /// recently used first: otherwise a replica, or a replay of a long AOF,
+    /// would keep a namespace for every prefix its primary ever named, while
+    /// the primary stays within the cap.
+    pub fn get_or_create_uncapped(
+        &mut self,
+        name: &str,
+        max: usize,
+        k: usize,
+    ) -> &'static Namespace {
+        if let Some(ns) = self.use_existing(name) {
+            return ns;
         }
+        // When every namespace holds entries the cap gives way: never refused.
+        let _ = self.make_room(max);
+        self.insert(name, k)
     }
 
     fn insert(&mut self, name: &str, k: usize) -> &'static Namespace {
@@ -533,17 +543,35 @@ mod tests {
             reg.get_or_create("b", 1, 4),
             Err(CacheError::TooManyNamespaces(1))
         ));
-        // Loading is not capped and forgets nothing.
-        reg.get_or_create_uncapped("b", 4);
+        // Loading and replication are not capped.
+        let b = reg.get_or_create_uncapped("b", 1, 4);
+        b.entry_created(0, 1);
         assert_eq!(reg.len(), 2);
-        // Over the cap, room is made down to below it.
-        let c = reg.get_or_create_uncapped("c", 4);
+        let c = reg.get_or_create_uncapped("c", 1, 4);
         c.entry_created(0, 1);
+        assert_eq!(reg.len(), 3);
+        b.entry_freed(0, 1);
+        // Over the cap, room is made down to below it.
         a.entry_freed(0, 10);
         reg.get_or_create("d", 2, 4).expect("a and b go");
         let names: Vec<_> = reg.all().iter().map(|n| n.name().to_string()).collect();
         assert_eq!(names, ["c", "d"]);
         c.entry_freed(0, 1);
+    }
+
+    #[test]
+    fn uncapped_creation_still_forgets_empty_namespaces() {
+        let mut reg = Registry::default();
+        let kept = reg.get_or_create_uncapped("kept", 10, 4);
+        kept.entry_created(0, 1);
+        for i in 0..1000 {
+            reg.get_or_create_uncapped(&format!("r{i}"), 10, 4);
+            assert!(reg.len() <= 10, "{} namespaces", reg.len());
+        }
+        assert!(reg.get("kept").is_some(), "one with entries stays");
+        assert!(reg.get("r999").is_some() && reg.get("r991").is_some());
+        assert!(reg.get("r990").is_none(), "the least recently used went");
+        kept.entry_freed(0, 1);
     }
 
     #[test]
