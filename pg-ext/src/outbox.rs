@@ -15,6 +15,9 @@
 //! constraint's internal recheck trigger, fired at the end of the statement or at
 //! commit (`INITIALLY DEFERRED`, `SET CONSTRAINTS`).
 //!
+//! An outbox attached as a partition has its partition constraint checked, as for an
+//! INSERT into the partition.
+//!
 //! What this path cannot honour, it refuses (SQLSTATE 55000) instead of bypassing:
 //! triggers that fire on INSERT (other than those rechecks; UPDATE, DELETE and
 //! TRUNCATE triggers, such as a referencing foreign key's, are fine), rules, row level
@@ -143,6 +146,11 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
         let constr = (*desc).constr;
         if !constr.is_null() && (*constr).has_not_null {
             pg_sys::ExecConstraints(rri, slot, estate);
+        }
+        // An outbox attached as a partition keeps its bound, as with a plain INSERT
+        // into the partition (and ExecSimpleRelationInsert): 23514 outside it.
+        if (*(*rel).rd_rel).relispartition {
+            pg_sys::ExecPartitionCheck(rri, slot, estate, true);
         }
         simple_heap_insert_into(rel, tuple, slot);
         let mut recheck: *mut pg_sys::List = std::ptr::null_mut();

@@ -34,6 +34,47 @@ impl Setup {
 }
 
 #[test]
+fn outbox_attached_as_a_partition_keeps_its_partition_bound() {
+    let mut s = setup("outbox_attached_as_a_partition");
+    s.client
+        .batch_execute(
+            "CREATE TABLE events_by_id (LIKE txevents.outbox) PARTITION BY RANGE (id);
+             ALTER TABLE events_by_id ATTACH PARTITION txevents.outbox FOR VALUES FROM (1) TO (3);",
+        )
+        .expect("attach");
+    // Ids 1 and 2 are inside the bound.
+    for _ in 0..2 {
+        s.client
+            .batch_execute("SELECT txevents.emit('a.b')")
+            .expect("emit inside the bound");
+    }
+    // A plain INSERT of id 3 fails with 23514; so must emit (it used to store the row
+    // in the partition, outside its bound).
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('a.b')",
+        "23514",
+        "partition constraint",
+    );
+    assert_eq!(count(&mut s.client, "SELECT count(*) FROM events_by_id"), 2);
+    assert_eq!(
+        count(
+            &mut s.client,
+            "SELECT count(*) FROM txevents.outbox WHERE NOT (id >= 1 AND id < 3)"
+        ),
+        0
+    );
+    // Detached, it takes every id again.
+    s.client
+        .batch_execute("ALTER TABLE events_by_id DETACH PARTITION txevents.outbox")
+        .expect("detach");
+    s.client
+        .batch_execute("SELECT txevents.emit('a.b')")
+        .expect("emit after detach");
+    s.check_alive();
+}
+
+#[test]
 fn triggers_that_do_not_fire_on_insert_do_not_stop_emit() {
     let mut s = setup("triggers_not_on_insert");
     // A foreign key that references the outbox puts RI triggers for UPDATE and DELETE
