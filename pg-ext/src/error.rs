@@ -12,6 +12,10 @@ pub enum TxEventsError {
     /// A relation emit writes is not where the extension put it.
     #[error("relation txevents.{0} does not exist (renamed, moved or dropped); undo that ALTER or reinstall the extension")]
     OutboxMissing(String),
+    /// `txevents.outbox` is a relation emit cannot write as a heap (a partitioned or
+    /// foreign table, a view put in place of the outbox).
+    #[error("txevents.outbox is {0}, not an ordinary table; emit writes only an ordinary table: undo the change")]
+    OutboxKind(&'static str),
     /// A column of txevents.outbox was added or retyped.
     #[error("txevents.outbox column {column} is not what emit writes ({found}); undo the ALTER TABLE on txevents.outbox or update the extension")]
     OutboxColumn {
@@ -81,6 +85,7 @@ impl TxEventsError {
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
             TxEventsError::OutboxAltered(_)
+            | TxEventsError::OutboxKind(_)
             | TxEventsError::OutboxColumn { .. }
             | TxEventsError::OutboxMissing(_) => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE

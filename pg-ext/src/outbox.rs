@@ -21,7 +21,8 @@
 //! What this path cannot honour, it refuses (SQLSTATE 55000) instead of bypassing:
 //! triggers that fire on INSERT (other than those rechecks; UPDATE, DELETE and
 //! TRUNCATE triggers, such as a referencing foreign key's, are fine), rules, row level
-//! security, CHECK constraints, and columns added or retyped (the tuple is formed for the columns below; dropped
+//! security, CHECK constraints, a relation that is not an ordinary heap table,
+//! and columns added or retyped (the tuple is formed for the columns below; dropped
 //! columns are written as NULL), and a renamed or moved outbox or sequence.
 
 use std::ffi::CStr;
@@ -83,6 +84,10 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*rel).rd_att;
         // Everything that can refuse runs before anything is written.
+        if let Err(e) = check_kind(rel) {
+            pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            return Err(e);
+        }
         let attributes = match live_columns(desc) {
             Ok(attributes) => attributes,
             Err(e) => {
@@ -203,6 +208,35 @@ unsafe fn simple_heap_insert_into(
         pg_sys::simple_heap_insert(rel, tuple);
         (*slot).tts_tid = (*tuple).t_self;
     }
+}
+
+/// Refuses a relation that is not an ordinary heap table: a partitioned table (no
+/// storage of its own) or a foreign table put in place of the outbox would be written
+/// as a heap.
+///
+/// # Safety
+/// `rel` is an open relation.
+unsafe fn check_kind(rel: pg_sys::Relation) -> TxResult<()> {
+    // A table access method other than heap's (whatever its name) stores rows its own
+    // way: simple_heap_insert would write them as heap tuples.
+    // SAFETY: reading fields of an open relcache entry.
+    let (kind, heap) = unsafe {
+        (
+            (*(*rel).rd_rel).relkind as u8,
+            (*rel).rd_tableam == pg_sys::GetHeapamTableAmRoutine(),
+        )
+    };
+    let what = match kind {
+        pg_sys::RELKIND_RELATION if heap => return Ok(()),
+        pg_sys::RELKIND_RELATION => "a table of another access method than heap",
+        pg_sys::RELKIND_PARTITIONED_TABLE => "a partitioned table",
+        pg_sys::RELKIND_FOREIGN_TABLE => "a foreign table",
+        pg_sys::RELKIND_VIEW => "a view",
+        pg_sys::RELKIND_MATVIEW => "a materialized view",
+        pg_sys::RELKIND_SEQUENCE => "a sequence",
+        _ => "a relation of another kind",
+    };
+    Err(TxEventsError::OutboxKind(what))
 }
 
 /// The column types emit writes, in table order.

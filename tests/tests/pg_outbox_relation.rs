@@ -75,6 +75,41 @@ fn outbox_attached_as_a_partition_keeps_its_partition_bound() {
 }
 
 #[test]
+fn a_replaced_outbox_that_is_not_an_ordinary_table_is_refused() {
+    let mut s = setup("replaced_outbox_not_a_table");
+    s.client
+        .batch_execute(
+            "ALTER TABLE txevents.outbox RENAME TO outbox_old;
+             CREATE TABLE txevents.outbox (LIKE txevents.outbox_old) PARTITION BY RANGE (id);
+             CREATE TABLE txevents.outbox_all PARTITION OF txevents.outbox
+                 FOR VALUES FROM (MINVALUE) TO (MAXVALUE);",
+        )
+        .expect("replace the outbox with a partitioned table");
+    // A partitioned table has no storage of its own: writing to it as a heap failed with
+    // "could not open file" (58P01). It is refused, naming what it is.
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('a.b')",
+        "55000",
+        "partitioned table",
+    );
+    assert_eq!(
+        count(&mut s.client, "SELECT count(*) FROM txevents.outbox"),
+        0
+    );
+    s.client
+        .batch_execute(
+            "DROP TABLE txevents.outbox;
+             ALTER TABLE txevents.outbox_old RENAME TO outbox;",
+        )
+        .expect("restore the outbox");
+    s.client
+        .batch_execute("SELECT txevents.emit('a.b')")
+        .expect("emit after restoring");
+    s.check_alive();
+}
+
+#[test]
 fn triggers_that_do_not_fire_on_insert_do_not_stop_emit() {
     let mut s = setup("triggers_not_on_insert");
     // A foreign key that references the outbox puts RI triggers for UPDATE and DELETE
