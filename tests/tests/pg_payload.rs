@@ -357,3 +357,141 @@ fn random_documents_are_notified_and_returned_verbatim() {
     assert_eq!(order.len(), 160);
     assert_eq!(postmaster_start(&mut client), started);
 }
+
+/// The length of `txid`'s decimal form.
+fn digits_of(n: i64) -> usize {
+    n.to_string().len()
+}
+
+#[test]
+fn envelopes_of_7999_bytes_are_inline_and_of_8000_go_by_reference() {
+    let db = pg().create_db("envelope_size_boundary");
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN txevents").expect("LISTEN");
+    let mut client = db.connect();
+    let emit_sql =
+        "SELECT txevents.emit('size.probe', $1::text::jsonb, 'agg', 'a-1', $2::text::jsonb),
+                           pg_current_xact_id()::text::bigint";
+    let padded = |pad: usize| format!(r#"{{"pad": "{}"}}"#, "x".repeat(pad));
+    // The probe: the inline length with an empty pad, its id (1) and txid.
+    let row = client
+        .query_one(emit_sql, &[&padded(0), &"{}"])
+        .expect("probe");
+    let (probe_id, probe_txid): (i64, i64) = (row.get(0), row.get(1));
+    let got = drain_raw(&mut listener);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        id_and_kind(&mut client, &got[0]),
+        (probe_id, "event".into())
+    );
+    let base = got[0].len();
+    // The padded events: one transaction (one txid), single-digit ids like the probe.
+    let cases: [(bool, usize); 6] = [
+        (true, 7998),
+        (true, 7999),
+        (true, 8000),
+        (true, 8001),
+        (false, 7999),
+        (false, 8000),
+    ];
+    let mut tx = client.transaction().expect("begin");
+    let txid: i64 = tx
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .expect("txid")
+        .get(0);
+    let mut expected = Vec::new();
+    for (in_payload, target) in cases {
+        // `{"pad": ""}` is in the probe's payload; headers `{}` grow by the same
+        // `"pad": ""` when the pad goes there.
+        let fixed = if in_payload { 0 } else { r#""pad": """#.len() };
+        let pad = target - base - fixed - digits_of(txid) + digits_of(probe_txid);
+        let (payload, headers) = if in_payload {
+            (padded(pad), "{}".to_string())
+        } else {
+            (padded(0), padded(pad))
+        };
+        let id: i64 = tx
+            .query_one(emit_sql, &[&payload, &headers])
+            .expect("emit")
+            .get(0);
+        assert!(id < 10, "ids must stay single-digit like the probe's");
+        expected.push((id, target, in_payload, payload));
+    }
+    tx.commit().expect("commit");
+    let got = drain_raw(&mut listener);
+    assert_eq!(got.len(), cases.len(), "{got:?}");
+    for ((id, target, in_payload, payload), raw) in expected.into_iter().zip(&got) {
+        let (got_id, kind) = id_and_kind(&mut client, raw);
+        assert_eq!(got_id, id);
+        if target <= 7999 {
+            assert_eq!(kind, "event", "{target} bytes must be inline");
+            assert_eq!(raw.len(), target, "inline notification of event {id}");
+            check_event(&mut client, id, raw, &payload);
+        } else {
+            assert_eq!(
+                kind, "ref",
+                "{target} bytes (pad in payload: {in_payload}) must go by reference"
+            );
+            assert_eq!(
+                raw,
+                &format!(r#"{{"v":1,"kind":"ref","id":{id},"type":"size.probe"}}"#)
+            );
+        }
+    }
+}
+
+#[test]
+fn keys_and_strings_that_need_escaping_are_notified_and_returned_verbatim() {
+    let db = pg().create_db("keys_that_need_escaping");
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN txevents").expect("LISTEN");
+    let mut client = db.connect();
+    let doc = r#"{"a\"b": "q\"uote", "back\\slash": "x\\y", "ctl\u0001\n\t": "\u001f\r",
+                  "é😀\u2028": "\u2029</script>", "": {"": [""]}, "\/": "\/"}"#;
+    let headers = r#"{"h\"": "\u0007", "trace\\id": "t\"1"}"#;
+    let id: i64 = client
+        .query_one(
+            "SELECT txevents.emit('esc.x', $1::text::jsonb, 'a\"gg', 'id\\1', $2::text::jsonb)",
+            &[&doc, &headers],
+        )
+        .expect("emit")
+        .get(0);
+    let got = drain_raw(&mut listener);
+    assert_eq!(got.len(), 1);
+    check_event(&mut client, id, &got[0], doc);
+    let row = client
+        .query_one(
+            "SELECT txevents.get($1)->'headers' = $2::text::jsonb,
+                    txevents.get($1)->>'aggregate_type', txevents.get($1)->>'aggregate_id',
+                    $3::text::jsonb->'event' = txevents.get($1)",
+            &[&id, &headers, &got[0]],
+        )
+        .expect("get");
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, String>(1), "a\"gg");
+    assert_eq!(row.get::<_, String>(2), "id\\1");
+    assert!(row.get::<_, bool>(3), "get must equal the notified event");
+}
+
+#[test]
+fn a_nul_escape_is_refused_by_jsonb_before_emit_runs() {
+    let db = pg().create_db("nul_escape_refused");
+    let mut client = db.connect();
+    // jsonb cannot hold \u0000: the cast fails with 22P05 and nothing is written.
+    pg_common::expect_error(
+        &mut client,
+        r#"SELECT txevents.emit('a.b', '{"a": "\u0000"}')"#,
+        "22P05",
+        "unsupported Unicode escape sequence",
+    );
+    pg_common::expect_error(
+        &mut client,
+        r#"SELECT txevents.emit('a.b', '{}', NULL, NULL, '{"\u0000": 1}')"#,
+        "22P05",
+        "unsupported Unicode escape sequence",
+    );
+    assert_eq!(
+        pg_common::count(&mut client, "SELECT count(*) FROM txevents.outbox"),
+        0
+    );
+}
