@@ -1,8 +1,13 @@
 //! Namespace lifecycle under hostile load, against real servers: what making
 //! room costs at the cap, and forgetting racing frees on the lazy-free thread.
 
-use cachetx_tests::nscache::{config_set, get, set};
-use cachetx_tests::RedisServer;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachetx_tests::nscache::{config_set, get, set, stats};
+use cachetx_tests::{wait_until, RedisServer};
 use redis::Connection;
 
 /// `namespaces` from `INFO nscache`.
@@ -188,5 +193,163 @@ fn a_replica_and_an_aof_replay_keep_their_namespaces_within_the_cap() {
             get(&mut p, &format!("app{i}"), "k").as_deref(),
             Some(format!("v{i}").as_str())
         );
+    }
+}
+
+/// Entries and `MEMORY USAGE` bytes per prefix, from the keyspace of every
+/// database (the test never renames an entry out of its prefix).
+fn keyspace_by_prefix(conn: &mut Connection) -> BTreeMap<String, (u64, u64)> {
+    let mut found = BTreeMap::new();
+    for db in 0..16 {
+        let _: () = redis::cmd("SELECT").arg(db).query(conn).expect("SELECT");
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).expect("KEYS");
+        for key in keys {
+            let kind: String = redis::cmd("TYPE").arg(&key).query(conn).expect("TYPE");
+            if kind != "nscache-e" {
+                continue;
+            }
+            let usage: u64 = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&key)
+                .arg("SAMPLES")
+                .arg(0)
+                .query(conn)
+                .expect("MEMORY USAGE");
+            let prefix = key.split(':').next().unwrap_or_default().to_string();
+            let e = found.entry(prefix).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += usage;
+        }
+    }
+    let _: () = redis::cmd("SELECT").arg(0).query(conn).expect("SELECT");
+    found
+}
+
+/// FORGET, FLUSHALL/FLUSHDB ASYNC (entries freed on the lazy-free thread),
+/// writes of large values in two databases, COPY and MOVE between them,
+/// SWAPDB, INVALIDATE, reads of fresh prefixes at a small cap and a lowered
+/// cap, from concurrent clients: the server survives, every namespace's
+/// `entries` and `bytes` match the keyspace once lazy freeing is done, and a
+/// namespace the keyspace no longer uses can be forgotten.
+#[test]
+fn forgetting_races_lazy_free_and_writes_and_counts_stay_exact() {
+    let server = RedisServer::start_with_args(
+        &["--lazyfree-lazy-user-flush", "yes"],
+        &["max-namespaces", "8"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let prefixes: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    let workers: Vec<_> = (0..4u64)
+        .map(|seed| {
+            let (client, stop, prefixes) = (server.client(), stop.clone(), prefixes.clone());
+            std::thread::spawn(move || {
+                let mut conn = client.get_connection().expect("connect");
+                let big = "x".repeat(64 * 1024);
+                // xorshift: deterministic per thread, no dependency.
+                let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut next = move |n: u64| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state % n
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let p = &prefixes[next(prefixes.len() as u64) as usize];
+                    let k = next(20).to_string();
+                    let name = format!("{p}:{{{k}}}");
+                    let cmd = match next(14) {
+                        0..=3 => {
+                            let value = if next(3) == 0 { big.as_str() } else { "v" };
+                            redis::cmd("NSCACHE.SET")
+                                .arg(p)
+                                .arg(&k)
+                                .arg(600)
+                                .arg(value)
+                                .clone()
+                        }
+                        4 => redis::cmd("NSCACHE.FORGET").arg(p).clone(),
+                        5 if next(8) == 0 => redis::cmd("FLUSHALL").arg("ASYNC").clone(),
+                        5 => redis::cmd("NSCACHE.DEL").arg(p).arg(&k).clone(),
+                        6 if next(8) == 0 => redis::cmd("FLUSHDB").arg("ASYNC").clone(),
+                        6 => redis::cmd("NSCACHE.GET").arg(p).arg(&k).clone(),
+                        7 => redis::cmd("SELECT").arg(next(2)).clone(),
+                        8 => redis::cmd("COPY")
+                            .arg(&name)
+                            .arg(format!("{p}:{{{}}}", next(20)))
+                            .arg("DB")
+                            .arg(next(2))
+                            .arg("REPLACE")
+                            .clone(),
+                        9 => redis::cmd("MOVE").arg(&name).arg(next(2)).clone(),
+                        10 => redis::cmd("SWAPDB").arg(0).arg(1).clone(),
+                        11 => redis::cmd("NSCACHE.INVALIDATE").arg(p).clone(),
+                        12 => redis::cmd("NSCACHE.GET")
+                            .arg(format!("junk{}", next(1_000_000)))
+                            .arg(&k)
+                            .clone(),
+                        _ => redis::cmd("CONFIG")
+                            .arg("SET")
+                            .arg("nscache.max-namespaces")
+                            .arg([2, 8, 100][next(3) as usize])
+                            .clone(),
+                    };
+                    // Errors are expected (a namespace holding entries, the
+                    // cap, a missing key); a dropped connection is not.
+                    if let Err(err) = cmd.query::<redis::Value>(&mut conn) {
+                        assert!(!err.is_io_error(), "server gone: {err}");
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+
+    let mut conn = server.conn();
+    config_set(&mut conn, "nscache.max-namespaces", "100");
+    wait_until(Duration::from_secs(30), "lazy free and sweep done", || {
+        let memory: String = redis::cmd("INFO")
+            .arg("memory")
+            .query(&mut conn)
+            .expect("INFO");
+        let ns: String = redis::cmd("INFO")
+            .arg("nscache")
+            .query(&mut conn)
+            .expect("INFO");
+        memory.contains("lazyfree_pending_objects:0") && ns.contains("nscache_sweep_pending:0")
+    });
+    let keyspace = keyspace_by_prefix(&mut conn);
+    eprintln!("entries and bytes per prefix after the churn: {keyspace:?}");
+    for p in &prefixes {
+        let s = stats(&mut conn, p);
+        let expected = keyspace.get(p).copied().unwrap_or((0, 0));
+        assert_eq!((s.entries, s.bytes), expected, "namespace {p}");
+    }
+    // Everything flushed: every namespace is empty and can be forgotten.
+    let _: () = redis::cmd("FLUSHALL")
+        .arg("ASYNC")
+        .query(&mut conn)
+        .expect("FLUSHALL");
+    wait_until(Duration::from_secs(30), "lazy free done", || {
+        let memory: String = redis::cmd("INFO")
+            .arg("memory")
+            .query(&mut conn)
+            .expect("INFO");
+        memory.contains("lazyfree_pending_objects:0")
+    });
+    for p in &prefixes {
+        let reply: redis::Value = redis::cmd("NSCACHE.FORGET")
+            .arg(p)
+            .query(&mut conn)
+            .expect("FORGET of an empty namespace");
+        assert_eq!(reply, redis::Value::Okay);
+        let s = stats(&mut conn, p);
+        assert_eq!((s.entries, s.bytes, s.sets), (0, 0, 0));
     }
 }
