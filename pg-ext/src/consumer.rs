@@ -42,6 +42,16 @@ fn required<T>(value: Option<T>, what: &str) -> TxResult<T> {
     value.ok_or_else(|| corrupt(format!("{what} is NULL")))
 }
 
+/// The elements of an array column that holds no NULL element when the extension wrote
+/// it; a NULL element is corrupt state (pgrx's `Vec<T>` conversion would panic with a
+/// bare "array contains NULL").
+fn elements<T>(value: Option<Vec<Option<T>>>, what: &str) -> TxResult<Vec<T>> {
+    required(value, what)?
+        .into_iter()
+        .collect::<Option<Vec<T>>>()
+        .ok_or_else(|| corrupt(format!("{what} holds a NULL element")))
+}
+
 /// An internal error about corrupt state of the extension's tables.
 fn corrupt(what: impl std::fmt::Display) -> TxEventsError {
     TxEventsError::Internal(format!("corrupt consumer state: {what}"))
@@ -231,8 +241,12 @@ fn lock_group(client: &mut SpiClient<'_>, name: &str) -> TxResult<Group> {
     })?;
     let pos = poll_range::stored_position(range.is_some(), range_txid.as_deref(), range_id)
         .map_err(|why| corrupt(format!("consumer group \"{name}\": {why}")))?;
+    let event_types: Option<Vec<Option<String>>> = row.get(1)?;
+    let event_types = event_types
+        .map(|types| elements(Some(types), &in_group("event_types")))
+        .transpose()?;
     Ok(Group {
-        event_types: row.get(1)?,
+        event_types,
         max_attempts,
         done,
         range,
@@ -347,8 +361,8 @@ fn poll(
         let mut expired_claims = Vec::new();
         for row in expired {
             let claim: i64 = required(row.get(1)?, "claim id")?;
-            let claim_ids: Vec<i64> = required(row.get(2)?, "claim event_ids")?;
-            let claim_attempts: Vec<i32> = required(row.get(3)?, "claim attempts")?;
+            let claim_ids: Vec<i64> = elements(row.get(2)?, "claim event_ids")?;
+            let claim_attempts: Vec<i32> = elements(row.get(3)?, "claim attempts")?;
             expired_claims.push((claim, claim_ids, claim_attempts));
         }
         for (claim, claim_ids, claim_attempts) in expired_claims {
@@ -709,8 +723,8 @@ fn nack(
             });
         };
         let claim: i64 = required(row.get(1)?, "claim id")?;
-        let claim_ids: Vec<i64> = required(row.get(2)?, "claim event_ids")?;
-        let claim_attempts: Vec<i32> = required(row.get(3)?, "claim attempts")?;
+        let claim_ids: Vec<i64> = elements(row.get(2)?, "claim event_ids")?;
+        let claim_attempts: Vec<i32> = elements(row.get(3)?, "claim attempts")?;
         // The claim was selected for holding `id`.
         let at = claim_ids
             .iter()

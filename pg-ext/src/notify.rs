@@ -303,12 +303,23 @@ fn publish_prepared(gid: &str) -> TxResult<()> {
             for row in table {
                 // NOT NULL columns written together by save_prepared: anything else is
                 // corrupt, and sending part of it would silently lose notifications.
-                let channels: Vec<String> = row.get(1)?.ok_or_else(|| {
-                    TxEventsError::Internal(format!("prepared_notify {gid:?}: channels is NULL"))
-                })?;
-                let payloads: Vec<String> = row.get(2)?.ok_or_else(|| {
-                    TxEventsError::Internal(format!("prepared_notify {gid:?}: payloads is NULL"))
-                })?;
+                let column = |value: Option<Vec<Option<String>>>, what: &str| {
+                    value
+                        .ok_or_else(|| {
+                            TxEventsError::Internal(format!(
+                                "prepared_notify {gid:?}: {what} is NULL"
+                            ))
+                        })?
+                        .into_iter()
+                        .collect::<Option<Vec<String>>>()
+                        .ok_or_else(|| {
+                            TxEventsError::Internal(format!(
+                                "prepared_notify {gid:?}: {what} holds a NULL element"
+                            ))
+                        })
+                };
+                let channels = column(row.get(1)?, "channels")?;
+                let payloads = column(row.get(2)?, "payloads")?;
                 if channels.len() != payloads.len() {
                     return Err(TxEventsError::Internal(format!(
                         "prepared_notify {gid:?}: {} channels for {} payloads",

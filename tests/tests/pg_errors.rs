@@ -159,3 +159,89 @@ fn postgres_errors_raised_inside_the_extension_carry_no_backtrace() {
         assert_no_backtrace(sql, &parts);
     }
 }
+
+#[test]
+fn null_elements_in_stored_arrays_are_named_internal_errors() {
+    let db = pg_with_rust_backtrace().create_db("null_elements_in_stored_arrays");
+    let mut client = db.connect();
+    let started = postmaster_start(&mut client);
+    client
+        .batch_execute("SELECT txevents.create_consumer('g', ARRAY['a.b'])")
+        .expect("create_consumer");
+    let id = emit(&mut client, "a.b");
+    // A NULL in a group's filter: pgrx's array conversion used to panic with a bare
+    // "array contains NULL" that named nothing.
+    client
+        .batch_execute("UPDATE txevents.consumers SET event_types = ARRAY['a.b', NULL]")
+        .expect("corrupt the filter");
+    let sql = "SELECT * FROM txevents.poll('g', 10, '1 hour')";
+    let parts = error_of(&mut client, sql, "XX000");
+    assert!(
+        parts
+            .0
+            .contains("event_types of consumer group \"g\" holds a NULL element"),
+        "{parts:?}"
+    );
+    assert_no_backtrace(sql, &parts);
+    client
+        .batch_execute("UPDATE txevents.consumers SET event_types = ARRAY['a.b']")
+        .expect("repair the filter");
+    client.batch_execute(sql).expect("poll");
+    // NULL elements in a claim, read by nack and by a poll taking over expired claims.
+    for (column, value) in [
+        ("event_ids", "ARRAY[NULL::bigint]"),
+        ("attempts", "ARRAY[NULL::int]"),
+    ] {
+        let mut tx = client.transaction().expect("begin");
+        tx.batch_execute(&format!(
+            "UPDATE txevents.claims SET {column} = {value} || {column}[2:],
+                                       lease_until = now() - interval '1 hour'"
+        ))
+        .expect("corrupt the claim");
+        // nack finds its claim by event id (`event_ids @> ARRAY[id]`): with a NULL in
+        // event_ids it finds none, a plain 55000; with one in attempts it reads it.
+        let mut calls = vec!["SELECT * FROM txevents.poll('g', 10, '1 hour')".to_string()];
+        if column == "attempts" {
+            calls.push(format!("SELECT txevents.nack('g', {id}, 'boom')"));
+        }
+        for sql in calls {
+            let err = tx
+                .batch_execute(&format!("SAVEPOINT s; {sql}"))
+                .expect_err(&sql);
+            let db_err = err.as_db_error().expect("a server error");
+            assert_eq!(db_err.code().code(), "XX000", "{sql}: {err:?}");
+            let parts = (
+                db_err.message().to_string(),
+                db_err.detail().unwrap_or_default().to_string(),
+                db_err.hint().unwrap_or_default().to_string(),
+            );
+            assert!(
+                parts
+                    .0
+                    .contains(&format!("claim {column} holds a NULL element")),
+                "{sql}: {parts:?}"
+            );
+            assert_no_backtrace(&sql, &parts);
+            tx.batch_execute("ROLLBACK TO SAVEPOINT s")
+                .expect("rollback to");
+        }
+        tx.rollback().expect("rollback");
+    }
+    // A NULL among a prepared transaction's stored notifications (written by hand: the
+    // row of a real prepared transaction is invisible until COMMIT PREPARED).
+    client
+        .batch_execute(
+            "INSERT INTO txevents.prepared_notify VALUES ('p1', ARRAY['txevents'], ARRAY[NULL]);
+             BEGIN; PREPARE TRANSACTION 'p1';",
+        )
+        .expect("prepare and corrupt");
+    let sql = "COMMIT PREPARED 'p1'";
+    let err = client.batch_execute(sql).expect_err(sql);
+    let db_err = err.as_db_error().expect("a server error");
+    assert_eq!(db_err.code().code(), "XX000", "{err:?}");
+    assert!(
+        db_err.message().contains("payloads holds a NULL element"),
+        "{err:?}"
+    );
+    assert_eq!(postmaster_start(&mut client), started);
+}
