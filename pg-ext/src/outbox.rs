@@ -20,9 +20,9 @@
 //!
 //! What this path cannot honour, it refuses (SQLSTATE 55000) instead of bypassing:
 //! triggers that fire on INSERT (other than those rechecks; UPDATE, DELETE and
-//! TRUNCATE triggers, such as a referencing foreign key's, are fine), rules, row level
-//! security, CHECK constraints, a relation that is not an ordinary heap table,
-//! and columns added or retyped (the tuple is formed for the columns below; dropped
+//! TRUNCATE triggers, such as a referencing foreign key's, are fine), INSERT rules
+//! (UPDATE and DELETE rules are fine), row level security, CHECK constraints, a
+//! relation that is not an ordinary heap table, and columns added or retyped (the tuple is formed for the columns below; dropped
 //! columns are written as NULL), and a renamed or moved outbox or sequence.
 
 use std::ffi::CStr;
@@ -310,6 +310,21 @@ fn attr_name(attr: &pg_sys::FormData_pg_attribute) -> String {
         .into_owned()
 }
 
+/// Whether a rule rewrites INSERTs (rules on UPDATE or DELETE do not touch one).
+///
+/// # Safety
+/// `rules` is a relcache entry's `rd_rules`: null, or `numLocks` rules.
+unsafe fn has_insert_rule(rules: *mut pg_sys::RuleLock) -> bool {
+    if rules.is_null() {
+        return false;
+    }
+    // SAFETY: as documented above.
+    unsafe {
+        (0..(*rules).numLocks.max(0) as usize)
+            .any(|i| (**(*rules).rules.add(i)).event == pg_sys::CmdType::CMD_INSERT)
+    }
+}
+
 /// Refuses what the executor would honour and this path would not. Returns whether
 /// the table has recheck triggers of deferrable unique or exclusion constraints, the
 /// only triggers this path fires (as the executor does, see the module comment).
@@ -343,7 +358,7 @@ unsafe fn check_bypassed(rel: pg_sys::Relation) -> TxResult<bool> {
         }
         let what = if other_trigger {
             Some("a trigger")
-        } else if !(*rel).rd_rules.is_null() {
+        } else if has_insert_rule((*rel).rd_rules) {
             Some("a rule")
         } else if (*(*rel).rd_rel).relrowsecurity {
             Some("row level security")

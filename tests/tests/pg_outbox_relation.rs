@@ -161,3 +161,40 @@ fn triggers_that_do_not_fire_on_insert_do_not_stop_emit() {
         .expect("emit");
     s.check_alive();
 }
+
+#[test]
+fn rules_that_do_not_fire_on_insert_do_not_stop_emit() {
+    let mut s = setup("rules_not_on_insert");
+    // Rules on UPDATE and DELETE: a plain INSERT runs none of them.
+    s.client
+        .batch_execute(
+            "CREATE TABLE pruned (id bigint);
+             CREATE RULE keep_pruned AS ON DELETE TO txevents.outbox
+                 DO ALSO INSERT INTO pruned VALUES (OLD.id);
+             CREATE RULE no_updates AS ON UPDATE TO txevents.outbox DO INSTEAD NOTHING;",
+        )
+        .expect("rules");
+    let id: i64 = s
+        .client
+        .query_one("SELECT txevents.emit('a.b')", &[])
+        .expect("emit with DELETE and UPDATE rules")
+        .get(0);
+    s.client
+        .execute("DELETE FROM txevents.outbox WHERE id = $1", &[&id])
+        .expect("delete");
+    assert_eq!(count(&mut s.client, "SELECT count(*) FROM pruned"), 1);
+    // An INSERT rule is still refused.
+    s.client
+        .batch_execute("CREATE RULE ins AS ON INSERT TO txevents.outbox DO ALSO NOTIFY x")
+        .expect("insert rule");
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('a.b')",
+        "55000",
+        "a rule",
+    );
+    s.client
+        .batch_execute("DROP RULE ins ON txevents.outbox; SELECT txevents.emit('a.b')")
+        .expect("emit after dropping the INSERT rule");
+    s.check_alive();
+}
