@@ -56,8 +56,56 @@ mod module {
             datatype::set_cluster_mode(ctx.get_flags().contains(ContextFlags::CLUSTER));
             calibrate_allocator();
             sweeper::start(ctx);
+            subscribe_to_flushes(ctx);
             Status::Ok
         })
+    }
+
+    /// Subscribes to flushes with the raw API: the crate's flush handler does not
+    /// say which database is flushed. (A module has one callback per event: a
+    /// `#[flush_event_handler]` added later would replace this one.)
+    fn subscribe_to_flushes(ctx: &Context) {
+        // SAFETY: called from init with the module's context.
+        let status = unsafe {
+            redis_module::raw::RedisModule_SubscribeToServerEvent.map(|f| {
+                f(
+                    ctx.ctx,
+                    redis_module::raw::RedisModuleEvent {
+                        id: redis_module::raw::REDISMODULE_EVENT_FLUSHDB,
+                        dataver: 1,
+                    },
+                    Some(on_flush),
+                )
+            })
+        };
+        if status != Some(redis_module::raw::REDISMODULE_OK as i32) {
+            crate::log::warning("nscache: could not subscribe to flush events");
+        }
+    }
+
+    /// Before every database is emptied, no entry stays live: `live` (what
+    /// INVALIDATE reports) starts again from zero, whenever the lazy-free
+    /// thread gets to free the old entries. A single database's flush cannot
+    /// be attributed per namespace without a scan, so it is left alone.
+    unsafe extern "C" fn on_flush(
+        _ctx: *mut redis_module::raw::RedisModuleCtx,
+        _eid: redis_module::raw::RedisModuleEvent,
+        subevent: u64,
+        data: *mut std::ffi::c_void,
+    ) {
+        guard::catch("flush event", (), || {
+            if subevent != redis_module::raw::REDISMODULE_SUBEVENT_FLUSHDB_START {
+                return;
+            }
+            let info = data.cast::<redis_module::raw::RedisModuleFlushInfo>();
+            // SAFETY: Redis passes a RedisModuleFlushInfo for this event.
+            if info.is_null() || unsafe { (*info).dbnum } != -1 {
+                return;
+            }
+            for ns in registry().all() {
+                ns.all_flushed();
+            }
+        });
     }
 
     /// Learns the allocator's size classes, so `bytes` matches `MEMORY USAGE`.

@@ -143,6 +143,16 @@ impl Namespace {
         self.live.swap(0, Ordering::Relaxed).max(0) as u64
     }
 
+    /// Every database is being emptied (FLUSHALL, a replica's full sync, DEBUG
+    /// RELOAD): no entry of this namespace stays live. The entries may be freed
+    /// later, on the lazy-free thread; moving to a new generation keeps those
+    /// late frees from being counted against entries written after the flush.
+    /// Not an invalidation: no counter changes, and no entry is left to miss.
+    pub fn all_flushed(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.live.store(0, Ordering::Relaxed);
+    }
+
     /// The per-command statistics, locked.
     pub fn stats(&self) -> MutexGuard<'_, Stats> {
         // A poisoned lock only means a panic happened mid-update of plain

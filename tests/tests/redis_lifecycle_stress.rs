@@ -353,3 +353,50 @@ fn forgetting_races_lazy_free_and_writes_and_counts_stay_exact() {
         assert_eq!((s.entries, s.bytes, s.sets), (0, 0, 0));
     }
 }
+
+/// INVALIDATE replies with the number of live entries it invalidated. After
+/// FLUSHALL ASYNC the keyspace holds none, but the entries still waiting for
+/// the lazy-free thread were counted as live: INVALIDATE replied with tens of
+/// thousands.
+#[test]
+fn invalidate_after_flushall_async_counts_no_flushed_entry() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    cachetx_tests::nscache::fill(&mut conn, "p", 200_000, 600, "value");
+    let replies: Vec<redis::Value> = redis::pipe()
+        .atomic()
+        .cmd("FLUSHALL")
+        .arg("ASYNC")
+        .cmd("NSCACHE.INVALIDATE")
+        .arg("p")
+        .query(&mut conn)
+        .expect("MULTI FLUSHALL ASYNC, INVALIDATE");
+    assert_eq!(replies[1], redis::Value::Int(0), "{replies:?}");
+    // Entries written after the flush are counted, whenever the old ones are freed.
+    set(&mut conn, "p", "k", 600, "v");
+    wait_until(Duration::from_secs(30), "lazy free done", || {
+        let memory: String = redis::cmd("INFO")
+            .arg("memory")
+            .query(&mut conn)
+            .expect("INFO");
+        memory.contains("lazyfree_pending_objects:0")
+    });
+    let invalidated: i64 = redis::cmd("NSCACHE.INVALIDATE")
+        .arg("p")
+        .query(&mut conn)
+        .expect("INVALIDATE");
+    assert_eq!(invalidated, 1);
+    assert_eq!(get(&mut conn, "p", "k"), None);
+    // FLUSHDB of one database leaves the others' entries live.
+    set(&mut conn, "q", "k", 600, "v");
+    let _: () = redis::cmd("SELECT")
+        .arg(1)
+        .query(&mut conn)
+        .expect("SELECT");
+    let _: () = redis::cmd("FLUSHDB").query(&mut conn).expect("FLUSHDB");
+    let _: () = redis::cmd("SELECT")
+        .arg(0)
+        .query(&mut conn)
+        .expect("SELECT");
+    assert_eq!(get(&mut conn, "q", "k").as_deref(), Some("v"));
+}
