@@ -10,8 +10,9 @@
 //! - both servers answer PING afterwards, on the fuzz's connections (still in
 //!   step) and on fresh ones;
 //! - every 5,000 commands and at the end, once the replica has processed the
-//!   primary's whole stream, the two `DEBUG DIGEST`s are equal; at the end every
-//!   key's `PEXPIRETIME` is too;
+//!   primary's whole stream, the two `DEBUG DIGEST`s are equal, and so is every
+//!   key's `PEXPIRETIME` (the replica sometimes sleeps while the primary works,
+//!   so a relative TTL would show);
 //! - at each intermediate checkpoint the primary reloads its data, with DEBUG
 //!   RELOAD (RDB) or DEBUG LOADAOF (AOF, rewritten now and then by the fuzz),
 //!   and its digest does not change;
@@ -428,6 +429,17 @@ impl RawConn {
 
     /// Sends every command, then reads one reply per command.
     fn pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> io::Result<Vec<Reply>> {
+        self.send(commands)?;
+        self.receive(commands.len())
+    }
+
+    /// Reads `n` replies.
+    fn receive(&mut self, n: usize) -> io::Result<Vec<Reply>> {
+        (0..n).map(|_| self.read_reply()).collect()
+    }
+
+    /// Sends commands without reading their replies.
+    fn send(&mut self, commands: &[Vec<Vec<u8>>]) -> io::Result<()> {
         let mut out = Vec::new();
         for args in commands {
             write!(out, "*{}\r\n", args.len())?;
@@ -437,8 +449,7 @@ impl RawConn {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        self.writer.write_all(&out)?;
-        commands.iter().map(|_| self.read_reply()).collect()
+        self.writer.write_all(&out)
     }
 
     fn line(&mut self) -> io::Result<Vec<u8>> {
@@ -537,6 +548,8 @@ struct Fuzz {
     internal_accepted: Vec<String>,
     /// Log files of the servers, for crash reports.
     server_logs: Vec<(&'static str, std::path::PathBuf)>,
+    /// No FLUSHALL from this many commands on, so the final checks see data.
+    flush_until: usize,
 }
 
 impl Fuzz {
@@ -560,6 +573,7 @@ impl Fuzz {
                 }),
             internal_accepted: Vec::new(),
             server_logs: Vec::new(),
+            flush_until: usize::MAX,
         }
     }
 
@@ -1088,7 +1102,7 @@ impl Fuzz {
 
     /// Commands that change the whole server: rare.
     fn rare_command(&mut self) -> Option<Cmd> {
-        if self.rng.one_in(10_000) {
+        if self.rng.one_in(10_000) && self.sent < self.flush_until {
             let mut args = vec![a(b"FLUSHALL")];
             if self.rng.one_in(4) {
                 args.push(a(b"SYNC"));
@@ -1114,7 +1128,7 @@ impl Fuzz {
             let (name, values): (&[u8], &[&[u8]]) = match self.rng.below(5) {
                 3 => (b"nscache.publish-invalidations", &[b"yes", b"no", b"maybe"]),
                 // Evictions under a small limit (allkeys-lru, set at start).
-                4 => (b"maxmemory", &[b"0", b"0", b"3mb", b"6mb"]),
+                4 => (b"maxmemory", &[b"0", b"0", b"5mb", b"7mb"]),
                 0 => (
                     b"nscache.topk",
                     &[
@@ -1166,6 +1180,16 @@ impl Fuzz {
 
     /// Sends one batch, pipelined, and checks every reply.
     fn run_batch(&mut self, primary: &mut RawConn, replica: &mut RawConn, batch: &[Cmd]) {
+        // Now and then the replica sleeps while the primary runs the batch, so
+        // it applies the stream well after the primary did: a write replicated
+        // with a relative TTL would then get another expiry there.
+        let replica_sleeps = self.rng.one_in(8);
+        if replica_sleeps {
+            let sleep = vec![a(b"DEBUG"), a(b"SLEEP"), a(b"0.02")];
+            if let Err(e) = replica.send(&[sleep]) {
+                self.fail(&format!("DEBUG SLEEP on the replica: {e}"));
+            }
+        }
         let commands: Vec<Vec<Vec<u8>>> = batch.iter().map(|c| c.args.clone()).collect();
         let replies = match primary.pipeline(&commands) {
             Ok(replies) => replies,
@@ -1178,6 +1202,12 @@ impl Fuzz {
         };
         if let Some(short) = self.batch_short.take() {
             self.short_deadline = self.short_deadline.max(Instant::now() + short);
+        }
+        if replica_sleeps {
+            match replica.receive(1) {
+                Ok(reply) if matches!(&reply[..], [Reply::Simple(ok)] if ok == b"OK") => {}
+                other => self.fail(&format!("DEBUG SLEEP on the replica: {other:?}")),
+            }
         }
         for (cmd, reply) in batch.iter().zip(&replies) {
             self.sent += 1;
@@ -1523,6 +1553,26 @@ fn checkpoint(
             "DEBUG DIGEST differs: primary {dp}, replica {dr}\n{detail}"
         ));
     }
+    // DEBUG DIGEST sees only whether a key expires; the times must match too.
+    for (db, key) in &keys {
+        let at = |conn: &mut Connection| -> i64 {
+            let () = redis::cmd("SELECT").arg(*db).query(conn).expect("SELECT");
+            redis::cmd("PEXPIRETIME")
+                .arg(key.as_slice())
+                .query(conn)
+                .expect("PEXPIRETIME")
+        };
+        let (on_p, on_r) = (at(p), at(r));
+        if on_p != on_r {
+            fuzz.fail(&format!(
+                "db {db} key {}: PEXPIRETIME {on_p} on the primary, {on_r} on the replica",
+                show_bytes(key)
+            ));
+        }
+    }
+    for conn in [&mut *p, &mut *r] {
+        let () = redis::cmd("SELECT").arg(0).query(conn).expect("SELECT");
+    }
     let how = match reload {
         Reload::No => return keys,
         Reload::Rdb => "RELOAD",
@@ -1638,6 +1688,7 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
 
     let started = Instant::now();
     let mut fuzz = Fuzz::new(seed);
+    fuzz.flush_until = total - total / 4;
     fuzz.server_logs = vec![
         ("primary", primary.dir().join("redis.log")),
         ("replica", replica.dir().join("redis.log")),
@@ -1697,27 +1748,6 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
     let primary_keys =
         guarded_checkpoint(&mut fuzz, &primary, &replica, &mut p, &mut r, Reload::No);
     let elapsed = started.elapsed();
-
-    // DEBUG DIGEST sees only whether a key expires; the times must match too.
-    for (db, key) in &primary_keys {
-        let at = |conn: &mut Connection| -> i64 {
-            let () = redis::cmd("SELECT").arg(*db).query(conn).expect("SELECT");
-            redis::cmd("PEXPIRETIME")
-                .arg(key.as_slice())
-                .query(conn)
-                .expect("PEXPIRETIME")
-        };
-        let (on_p, on_r) = (at(&mut p), at(&mut r));
-        if on_p != on_r {
-            fuzz.fail(&format!(
-                "db {db} key {}: PEXPIRETIME {on_p} on the primary, {on_r} on the replica",
-                show_bytes(key)
-            ));
-        }
-    }
-    for conn in [&mut p, &mut r] {
-        let () = redis::cmd("SELECT").arg(0).query(conn).expect("SELECT");
-    }
 
     // The entry counts follow the data on both sides. (Entries dropped by a
     // FLUSHALL ASYNC leave the counts when the lazy-free thread frees them:
@@ -1785,9 +1815,12 @@ fn random_arguments_leave_the_server_up_and_the_replica_equal() {
         .iter()
         .map(|(name, (ok, err))| format!("{name} {ok}/{err}"))
         .collect();
+    let used = info_field(&mut p, "memory", "used_memory_human").unwrap_or_default();
+    let evicted = info_field(&mut p, "stats", "evicted_keys").unwrap_or_default();
     eprintln!(
-        "nscache fuzz: seed {seed:#x}: {} commands in {elapsed:.2?}, {} keys at the end, \
-         digests equal\n  replies (value/error): {}",
+        "nscache fuzz: seed {seed:#x}: {} commands in {elapsed:.2?}, {} keys at the end \
+         (used_memory {used}, {evicted} evicted in all), digests equal\n  \
+         replies (value/error): {}",
         fuzz.sent,
         primary_keys.len(),
         tally.join(", ")
