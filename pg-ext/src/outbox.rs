@@ -21,9 +21,11 @@
 //! What this path cannot honour, it refuses (SQLSTATE 55000) instead of bypassing:
 //! triggers that fire on INSERT (other than those rechecks; UPDATE, DELETE and
 //! TRUNCATE triggers, such as a referencing foreign key's, are fine), INSERT rules
-//! (UPDATE and DELETE rules are fine), row level security, CHECK constraints, a
-//! relation that is not an ordinary heap table, and columns added or retyped (the tuple is formed for the columns below; dropped
-//! columns are written as NULL), and a renamed or moved outbox or sequence.
+//! (UPDATE and DELETE rules are fine), row level security that applies to emit's
+//! owner (not to a superuser, nor to the table's owner without FORCE), CHECK
+//! constraints, a relation that is not an ordinary heap table, columns added or
+//! retyped (the tuple is formed for the columns below; dropped columns are written as
+//! NULL), and a renamed or moved outbox or sequence.
 
 use std::ffi::CStr;
 
@@ -169,6 +171,9 @@ pub fn insert(row: Row<'_>) -> TxResult<(i64, u64)> {
                 false,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
+                // onlySummarizing (PostgreSQL 16+): false, an INSERT fills every index.
+                #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+                false,
             );
         }
         if rechecks {
@@ -260,11 +265,12 @@ const COLUMN_TYPES: [pg_sys::Oid; COLUMNS] = [
 /// # Safety
 /// `desc` is the open outbox's tuple descriptor.
 unsafe fn live_columns(desc: pg_sys::TupleDesc) -> TxResult<Vec<Option<usize>>> {
-    // SAFETY: reading the descriptor's attribute array within natts.
-    let attrs = unsafe { (*desc).attrs.as_slice((*desc).natts.max(0) as usize) };
+    // SAFETY: `desc` is valid and outlives this call; not released on drop. pgrx's
+    // accessor knows each version's layout (PostgreSQL 18 moved the attributes).
+    let attrs = unsafe { pgrx::PgTupleDesc::from_pg_unchecked(desc) };
     let mut out = Vec::with_capacity(attrs.len());
     let mut live = 0;
-    for attr in attrs {
+    for attr in attrs.iter() {
         if attr.attisdropped {
             out.push(None);
             continue;
@@ -360,7 +366,13 @@ unsafe fn check_bypassed(rel: pg_sys::Relation) -> TxResult<bool> {
             Some("a trigger")
         } else if has_insert_rule((*rel).rd_rules) {
             Some("a rule")
-        } else if (*(*rel).rd_rel).relrowsecurity {
+        } else if (*(*rel).rd_rel).relrowsecurity
+            // As the executor decides for an INSERT: RLS applies to the current user
+            // (emit's owner: exempt as the table's owner unless FORCE, and always as a
+            // superuser or BYPASSRLS role). noError: refused here, with 55000.
+            && pg_sys::check_enable_rls((*rel).rd_id, pg_sys::InvalidOid, true)
+                == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        {
             Some("row level security")
         } else if !(*desc).constr.is_null() && (*(*desc).constr).num_check > 0 {
             Some("a CHECK constraint")

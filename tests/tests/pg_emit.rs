@@ -260,9 +260,9 @@ fn emit_refuses_an_outbox_it_would_bypass() {
             "a CHECK constraint",
         ),
         (
-            "ALTER TABLE txevents.outbox ENABLE ROW LEVEL SECURITY",
-            "ALTER TABLE txevents.outbox DISABLE ROW LEVEL SECURITY",
-            "row level security",
+            "CREATE RULE also_notify AS ON INSERT TO txevents.outbox DO ALSO NOTIFY elsewhere",
+            "DROP RULE also_notify ON txevents.outbox",
+            "a rule",
         ),
     ];
     for (alter, undo, what) in alterations {

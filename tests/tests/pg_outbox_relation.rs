@@ -198,3 +198,54 @@ fn rules_that_do_not_fire_on_insert_do_not_stop_emit() {
         .expect("emit after dropping the INSERT rule");
     s.check_alive();
 }
+
+#[test]
+fn row_level_security_is_refused_only_where_it_applies_to_emit() {
+    let mut s = setup("rls_only_where_it_applies");
+    // RLS enabled to restrict other readers: emit runs as the outbox's owner (the
+    // extension's superuser), whom RLS does not apply to, as with a plain INSERT by
+    // that owner. Emit used to refuse every call.
+    s.client
+        .batch_execute(
+            "ALTER TABLE txevents.outbox ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY nothing_for_others ON txevents.outbox USING (false) WITH CHECK (false);",
+        )
+        .expect("enable RLS");
+    s.client
+        .batch_execute("SELECT txevents.emit('a.b')")
+        .expect("emit with RLS that does not apply to the owner");
+    s.client
+        .batch_execute("ALTER TABLE txevents.outbox FORCE ROW LEVEL SECURITY")
+        .expect("force RLS");
+    s.client
+        .batch_execute("SELECT txevents.emit('a.b')")
+        .expect("emit: a superuser owner bypasses even forced RLS");
+    // A non-superuser owner of emit and the outbox, with FORCE: RLS applies to it, so
+    // emit refuses rather than bypass the policy's WITH CHECK.
+    s.client
+        .batch_execute(
+            "CREATE ROLE outbox_owner NOLOGIN;
+             GRANT USAGE ON SCHEMA txevents TO outbox_owner;
+             ALTER TABLE txevents.outbox OWNER TO outbox_owner;
+             ALTER FUNCTION txevents.emit(text, jsonb, text, text, jsonb) OWNER TO outbox_owner;",
+        )
+        .expect("owner");
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('a.b')",
+        "55000",
+        "row level security",
+    );
+    // Not forced: the owner is exempt again.
+    s.client
+        .batch_execute("ALTER TABLE txevents.outbox NO FORCE ROW LEVEL SECURITY")
+        .expect("no force");
+    s.client
+        .batch_execute("SELECT txevents.emit('a.b')")
+        .expect("emit as a non-superuser owner without FORCE");
+    assert_eq!(
+        count(&mut s.client, "SELECT count(*) FROM txevents.outbox"),
+        3
+    );
+    s.check_alive();
+}
