@@ -19,6 +19,23 @@ static CLUSTER: OnceLock<Result<PgCluster, String>> = OnceLock::new();
 /// Start the server with `RUST_BACKTRACE=1` (see [`pg_with_rust_backtrace`]).
 static SERVER_RUST_BACKTRACE: AtomicBool = AtomicBool::new(false);
 
+/// Extra server settings (`name=value`) for [`pg_with_settings`].
+static SERVER_SETTINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Like [`pg`], but the server starts with these extra settings (`name=value`, each
+/// passed as `-c name=value`; e.g. `wal_level=logical`). Takes effect only if this is
+/// the process's first use of the cluster: a test binary calls either this or [`pg`],
+/// always with the same settings.
+pub fn pg_with_settings(settings: &[&str]) -> &'static PgCluster {
+    if CLUSTER.get().is_none() {
+        let mut extra = SERVER_SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+        if extra.is_empty() {
+            extra.extend(settings.iter().map(|s| s.to_string()));
+        }
+    }
+    pg()
+}
+
 /// Like [`pg`], but the cluster's server runs with `RUST_BACKTRACE=1` in its
 /// environment, to check that no Rust backtrace reaches a client. Takes effect only if
 /// this is the process's first use of the cluster: a test binary calls either this or
@@ -34,8 +51,14 @@ pub fn pg_with_rust_backtrace() -> &'static PgCluster {
 /// Settings from the environment:
 /// - `TXEVENTS_PRELOAD`: value of `shared_preload_libraries` (default `txevents`; empty:
 ///   preload nothing).
-/// - `PG_CONFIG`: the `pg_config` to take the bin dir from (default
-///   `/usr/lib/postgresql/15/bin/pg_config` if present, else `pg_config` on PATH).
+/// - `TXEVENTS_PG_BINDIR`: the directory of the server binaries (`initdb`, `pg_ctl`,
+///   `postgres`) to test against, e.g. `.pg/18/bin` for a `make deps` download; the
+///   extension must have been installed for that server (`make build/pg PG=18`).
+///   Default: the bin dir of `PG_CONFIG` if set, else Debian's
+///   `/usr/lib/postgresql/15/bin` if present, else that of `pg_config` on PATH.
+/// - `PG_CONFIG`: the `pg_config` to take the bin dir from when `TXEVENTS_PG_BINDIR` is
+///   not set (default `/usr/lib/postgresql/15/bin/pg_config` if present, else
+///   `pg_config` on PATH).
 ///
 /// If the cluster cannot start, every call panics with the reason and the server log;
 /// startup is attempted only once per process.
@@ -93,17 +116,34 @@ fn describe(what: &str, out: &Output) -> String {
     )
 }
 
+/// The server binaries to test against (see [`pg`]).
+fn bindir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("TXEVENTS_PG_BINDIR").filter(|d| !d.is_empty()) {
+        // Absolute: the tools run with the cluster directory as working directory.
+        let dir = std::path::absolute(&dir)
+            .map_err(|e| format!("TXEVENTS_PG_BINDIR={}: {e}", Path::new(&dir).display()))?;
+        if !dir.join("pg_ctl").is_file() {
+            return Err(format!(
+                "TXEVENTS_PG_BINDIR={}: no pg_ctl there (`make deps` downloads 16-18 to .pg/NN/bin)",
+                dir.display()
+            ));
+        }
+        return Ok(dir);
+    }
+    let pg_config = pg_config();
+    let out = Command::new(&pg_config)
+        .arg("--bindir")
+        .output()
+        .map_err(|e| format!("run {} --bindir: {e}", pg_config.display()))?;
+    if !out.status.success() {
+        return Err(describe(&format!("{} --bindir", pg_config.display()), &out));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
 impl PgCluster {
     fn boot() -> Result<PgCluster, String> {
-        let pg_config = pg_config();
-        let out = Command::new(&pg_config)
-            .arg("--bindir")
-            .output()
-            .map_err(|e| format!("run {} --bindir: {e}", pg_config.display()))?;
-        if !out.status.success() {
-            return Err(describe(&format!("{} --bindir", pg_config.display()), &out));
-        }
-        let bindir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let bindir = bindir()?;
         // SAFETY: geteuid cannot fail.
         let as_postgres = unsafe { libc::geteuid() } == 0;
         let owner = if as_postgres {
@@ -193,6 +233,21 @@ impl PgCluster {
         if !preload.is_empty() {
             options.push_str(&format!(" -c shared_preload_libraries={preload}"));
         }
+        for setting in SERVER_SETTINGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if !setting
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.=-".contains(c))
+            {
+                return Err(format!(
+                    "server setting {setting:?}: only name=value of [A-Za-z0-9_.-]"
+                ));
+            }
+            options.push_str(&format!(" -c {setting}"));
+        }
         // pg_ctl's output goes to a file, not a pipe: the postmaster it forks must not
         // hold a pipe of ours open.
         let out_path = self.dir.join(PG_CTL_OUT);
@@ -258,6 +313,11 @@ impl PgCluster {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The directory of the server binaries this cluster runs (see [`pg`]).
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
     }
 
     /// The directory holding the server's unix socket (also the cluster's root dir).
