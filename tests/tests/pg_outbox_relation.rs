@@ -36,12 +36,19 @@ impl Setup {
 #[test]
 fn outbox_attached_as_a_partition_keeps_its_partition_bound() {
     let mut s = setup("outbox_attached_as_a_partition");
-    s.client
-        .batch_execute(
-            "CREATE TABLE events_by_id (LIKE txevents.outbox) PARTITION BY RANGE (id);
-             ALTER TABLE events_by_id ATTACH PARTITION txevents.outbox FOR VALUES FROM (1) TO (3);",
-        )
-        .expect("attach");
+    let attach = "CREATE TABLE events_by_id (LIKE txevents.outbox) PARTITION BY RANGE (id);
+             ALTER TABLE events_by_id ATTACH PARTITION txevents.outbox FOR VALUES FROM (1) TO (3);";
+    let version = count(
+        &mut s.client,
+        "SELECT current_setting('server_version_num')::int8",
+    );
+    if version >= 170000 {
+        // PostgreSQL 17+ refuses a partition with an identity column of its own, and
+        // outbox.id is one: the outbox cannot become a partition there.
+        expect_error(&mut s.client, attach, "55000", "identity column");
+        return;
+    }
+    s.client.batch_execute(attach).expect("attach");
     // Ids 1 and 2 are inside the bound.
     for _ in 0..2 {
         s.client
