@@ -1,7 +1,8 @@
 //! emit's executor state under errors, recursion and concurrent DDL: a session that
 //! catches thousands of constraint violations raised inside emit's index insert keeps
 //! working without growing; an index whose function emits recurses safely; REINDEX
-//! CONCURRENTLY on another connection leaves every index complete (amcheck).
+//! CONCURRENTLY on another connection leaves every index complete (amcheck); deferred
+//! checks of events emitted by another table's trigger run at COMMIT and at PREPARE.
 
 mod pg_common;
 
@@ -273,6 +274,91 @@ fn reindex_concurrently_while_emitting_keeps_every_index_complete() {
         "SELECT txevents.emit('r.x', '{}', 't', '1')",
         "23505",
         "by_aggregate",
+    );
+    assert_eq!(postmaster_start(&mut client), started);
+}
+
+#[test]
+fn deferred_checks_from_triggers_of_other_tables_and_at_prepare() {
+    let (db, mut client, started) = setup("deferred_checks_triggers_and_prepare");
+    client
+        .batch_execute(
+            "ALTER TABLE txevents.outbox ADD CONSTRAINT one_per_aggregate
+                 UNIQUE (aggregate_type, aggregate_id) DEFERRABLE INITIALLY IMMEDIATE;
+             CREATE TABLE orders (id text);
+             CREATE FUNCTION order_event() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM txevents.emit('order.placed', '{}', 'order', NEW.id);
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER order_event AFTER INSERT ON orders
+                 FOR EACH ROW EXECUTE FUNCTION order_event();",
+        )
+        .expect("setup");
+    // Emitted from another table's trigger: immediate, the duplicate fails the INSERT.
+    client
+        .batch_execute("INSERT INTO orders VALUES ('1'), ('2')")
+        .expect("insert");
+    expect_error(
+        &mut client,
+        "INSERT INTO orders VALUES ('3'), ('3')",
+        "23505",
+        "one_per_aggregate",
+    );
+    // Deferred: a duplicate removed before COMMIT passes; one left fails COMMIT.
+    client
+        .batch_execute(
+            "BEGIN; SET CONSTRAINTS ALL DEFERRED;
+             INSERT INTO orders VALUES ('4'), ('4');
+             DELETE FROM txevents.outbox WHERE id = (SELECT max(id) FROM txevents.outbox);
+             COMMIT;",
+        )
+        .expect("deferred duplicate removed before commit");
+    let err = client
+        .batch_execute(
+            "BEGIN; SET CONSTRAINTS ALL DEFERRED; INSERT INTO orders VALUES ('5'), ('5'); COMMIT",
+        )
+        .expect_err("a deferred duplicate fails COMMIT");
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"), "{err:?}");
+    // Two-phase commit: the deferred check runs at PREPARE, and a failed PREPARE
+    // leaves no prepared transaction.
+    let err = client
+        .batch_execute(
+            "BEGIN; SET CONSTRAINTS ALL DEFERRED; INSERT INTO orders VALUES ('6'), ('6');
+             PREPARE TRANSACTION 'dup'",
+        )
+        .expect_err("a deferred duplicate fails PREPARE");
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"), "{err:?}");
+    client.batch_execute("ROLLBACK").ok();
+    assert_eq!(
+        count(&mut client, "SELECT count(*) FROM pg_prepared_xacts"),
+        0
+    );
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN txevents").expect("listen");
+    client
+        .batch_execute(
+            "BEGIN; SET CONSTRAINTS ALL DEFERRED; INSERT INTO orders VALUES ('7');
+             PREPARE TRANSACTION 'ok'",
+        )
+        .expect("prepare");
+    client
+        .batch_execute("COMMIT PREPARED 'ok'")
+        .expect("commit prepared");
+    let got = pg_common::Listener(listener).drain(pg_common::QUIET);
+    assert_eq!(pg_common::event_types(&got), vec!["order.placed"]);
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM (SELECT aggregate_id FROM txevents.outbox
+                                   GROUP BY aggregate_id HAVING count(*) > 1) d"
+        ),
+        0
+    );
+    // Orders 1, 2, 4 (its duplicate deleted) and 7.
+    assert_eq!(
+        count(&mut client, "SELECT count(*) FROM txevents.outbox"),
+        4
     );
     assert_eq!(postmaster_start(&mut client), started);
 }
