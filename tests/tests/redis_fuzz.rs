@@ -65,6 +65,8 @@ const CHECKPOINT_EVERY: usize = 5_000;
 const HISTORY: usize = 80;
 /// DUMP payloads kept for later RESTOREs.
 const DUMP_POOL: usize = 64;
+/// Lease tokens kept for later `SET ... LEASE`.
+const LEASE_POOL: usize = 32;
 /// Longest TTL the fuzz calls short; every other TTL is at least an hour.
 const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Read timeout on every connection: a hung server fails the test.
@@ -232,6 +234,9 @@ enum Check {
     StatsJsonAll,
     /// NSCACHE.TOPKEYS: at most this many pairs.
     TopKeys(usize),
+    /// NSCACHE.FETCH of (prefix, key): a lease token in the reply goes to the
+    /// pool that `SET ... LEASE` draws from.
+    Fetch(Vec<u8>, Vec<u8>),
 }
 
 #[derive(Clone, Debug)]
@@ -548,6 +553,8 @@ struct Fuzz {
     internal_accepted: Vec<String>,
     /// Log files of the servers, for crash reports.
     server_logs: Vec<(&'static str, std::path::PathBuf)>,
+    /// (prefix, key, token) of leases FETCH granted.
+    leases: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     /// No FLUSHALL from this many commands on, so the final checks see data.
     flush_until: usize,
 }
@@ -573,6 +580,7 @@ impl Fuzz {
                 }),
             internal_accepted: Vec::new(),
             server_logs: Vec::new(),
+            leases: Vec::new(),
             flush_until: usize::MAX,
         }
     }
@@ -743,6 +751,25 @@ impl Fuzz {
     fn nscache_command(&mut self) -> Cmd {
         let pick = self.rng.below(1000);
         let (args, check) = match pick {
+            0..300 if !self.leases.is_empty() && self.rng.one_in(6) => {
+                // A write-back with a token a FETCH handed out (SPEC 2.4), to
+                // its own key or, sometimes, to another.
+                let i = self.rng.below(self.leases.len());
+                let (prefix, mut key, token) = self.leases[i].clone();
+                if self.rng.one_in(4) {
+                    key = self.key();
+                }
+                let args = vec![
+                    a(b"NSCACHE.SET"),
+                    prefix,
+                    key,
+                    self.ttl(),
+                    self.value(),
+                    a(b"LEASE"),
+                    token,
+                ];
+                (args, Check::None)
+            }
             0..300 => {
                 let mut args = vec![
                     a(b"NSCACHE.SET"),
@@ -854,12 +881,16 @@ impl Fuzz {
             850..885 => (vec![a(b"NSCACHE.FORGET"), self.prefix()], Check::None),
             885..920 => {
                 // SPEC 2.4; an unknown-command error until it exists.
+                let (prefix, key) = (self.prefix(), self.key());
+                let check = Check::Fetch(prefix.clone(), key.clone());
                 let mut args = vec![
                     a(b"NSCACHE.FETCH"),
-                    self.prefix(),
-                    self.key(),
+                    prefix,
+                    key,
                     a(self.rng.pick(&[
                         &b"1000"[..],
+                        b"1000",
+                        b"60000",
                         b"10",
                         b"0",
                         b"-1",
@@ -871,7 +902,7 @@ impl Fuzz {
                     args.push(a(b"REFRESH"));
                     args.push(a(self.rng.pick(&[&b"500"[..], b"0", b"99999999999", b"x"])));
                 }
-                (args, Check::None)
+                (args, check)
             }
             _ => {
                 let form = a(self.rng.pick(&[&b"0"[..], b"1", b"2", b"", b"01"]));
@@ -1310,6 +1341,28 @@ impl Fuzz {
                 };
                 if let Err(e) = parsed {
                     self.fail(&format!("STATS JSON does not parse: {e}: {json}"));
+                }
+            }
+            Check::Fetch(prefix, key) => {
+                // [MISS, token] or [REFRESH, value, token].
+                if let Reply::Array(items) = reply {
+                    let granted = matches!(items.first(),
+                        Some(Reply::Bulk(kind) | Reply::Simple(kind))
+                            if kind.eq_ignore_ascii_case(b"MISS") || kind.eq_ignore_ascii_case(b"REFRESH"));
+                    let token = match items.last() {
+                        Some(Reply::Bulk(t) | Reply::Simple(t)) => Some(t.clone()),
+                        Some(Reply::Int(t)) => Some(t.to_string().into_bytes()),
+                        _ => None,
+                    };
+                    if let (true, Some(token)) = (granted && items.len() >= 2, token) {
+                        let lease = (prefix.clone(), key.clone(), token);
+                        if self.leases.len() == LEASE_POOL {
+                            let i = self.rng.below(LEASE_POOL);
+                            self.leases[i] = lease;
+                        } else {
+                            self.leases.push(lease);
+                        }
+                    }
                 }
             }
             Check::TopKeys(max) => {
