@@ -69,13 +69,27 @@ pub enum SetCondition {
 pub struct SetOptions {
     /// NX / XX.
     pub condition: SetCondition,
+    /// `LEASE token`: write only if this FETCH lease still holds (SPEC 2.4).
+    pub lease: Option<u64>,
 }
 
 /// Parses the options of `NSCACHE.SET` (case-insensitive), refusing unknown and
-/// conflicting ones.
+/// conflicting ones: NX with XX, and LEASE with either (a lease write is
+/// conditional already: on the lease).
 pub fn parse_set_options<'a>(rest: impl Iterator<Item = &'a [u8]>) -> CacheResult<SetOptions> {
     let mut options = SetOptions::default();
-    for word in rest {
+    let mut rest = rest.peekable();
+    while let Some(word) = rest.next() {
+        if word.eq_ignore_ascii_case(b"LEASE") {
+            let token = rest
+                .next()
+                .ok_or(CacheError::MissingArgument("LEASE needs a token"))?;
+            if options.lease.is_some() {
+                return Err(CacheError::DuplicateOption("LEASE"));
+            }
+            options.lease = Some(crate::lease::parse_token(token)?);
+            continue;
+        }
         let condition = if word.eq_ignore_ascii_case(b"NX") {
             SetCondition::IfAbsent
         } else if word.eq_ignore_ascii_case(b"XX") {
@@ -88,7 +102,11 @@ pub fn parse_set_options<'a>(rest: impl Iterator<Item = &'a [u8]>) -> CacheResul
         }
         options.condition = condition;
     }
-    Ok(options)
+    match (options.lease, options.condition) {
+        (Some(_), SetCondition::IfAbsent) => Err(CacheError::ConflictingOptions("LEASE", "NX")),
+        (Some(_), SetCondition::IfPresent) => Err(CacheError::ConflictingOptions("LEASE", "XX")),
+        _ => Ok(options),
+    }
 }
 
 /// Renders client bytes for an error message: at most 32 bytes, as printable
@@ -191,6 +209,27 @@ mod tests {
         assert_eq!(
             parse(&[b"NX", b"XX"]),
             Err(CacheError::ConflictingOptions("NX", "XX"))
+        );
+        assert_eq!(
+            parse(&[b"lease", b"00000000000000ab"]).map(|o| o.lease),
+            Ok(Some(0xab))
+        );
+        assert_eq!(
+            parse(&[b"LEASE", b"00000000000000ab", b"NX"]),
+            Err(CacheError::ConflictingOptions("LEASE", "NX"))
+        );
+        assert_eq!(
+            parse(&[b"XX", b"LEASE", b"00000000000000ab"]),
+            Err(CacheError::ConflictingOptions("LEASE", "XX"))
+        );
+        assert_eq!(parse(&[b"LEASE", b"zz"]), Err(CacheError::BadToken));
+        assert!(matches!(
+            parse(&[b"LEASE"]),
+            Err(CacheError::MissingArgument(_))
+        ));
+        assert_eq!(
+            parse(&[b"LEASE", b"00000000000000ab", b"LEASE", b"00000000000000ab"]),
+            Err(CacheError::DuplicateOption("LEASE"))
         );
         assert_eq!(
             parse(&[b"PX\r\n"]),

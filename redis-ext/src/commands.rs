@@ -17,6 +17,7 @@ use crate::datatype::charge_for;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{CacheError, CacheResult};
 use crate::keyname::{key_form, stored_name_into, KeyForm};
+use crate::lease::{self, Acquire};
 use crate::namespace::{registry, Namespace};
 use crate::openkey::{Content, OpenKey};
 use crate::{config, sweeper};
@@ -190,7 +191,7 @@ fn may_reclaim(ctx: &Context) -> bool {
         && !sweeper::replication_paused()
 }
 
-/// `NSCACHE.SET prefix key ttl value [NX|XX]`
+/// `NSCACHE.SET prefix key ttl value [NX|XX] [LEASE token]`
 pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     let started = Instant::now();
     arity(args, 5, None, "nscache.set")?;
@@ -203,8 +204,12 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     }
     let options = parse_set_options(args[5..].iter().map(RedisString::as_slice))?;
     // Everything that can fail is computed before the keyspace is touched.
-    let expire_at = expire_at_ms(now_ms(), ttl)?;
+    let now = now_ms();
+    let expire_at = expire_at_ms(now, ttl)?;
     let ns = namespace(ctx, prefix)?;
+    if let Some(token) = options.lease {
+        return set_with_lease(ctx, args, &target, ns, token, now, expire_at, started);
+    }
 
     let key = OpenKey::write(ctx, &target.stored);
     let found = slot(&key, ns, target.form)?;
@@ -225,6 +230,9 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         );
         key.store(entry, Some(expire_at), occupied)?;
         drop(key);
+        // Another writer's value is in: a FETCH lease of this key no longer
+        // describes what is stored (SPEC 2.4).
+        lease::void_key(selected_db(ctx), target.stored.as_slice());
         // Replicas and the AOF get the write and then this node's absolute
         // expiry, so a replay does not restart the ttl and DEBUG DIGEST stays
         // equal. Verbatim and a typed PEXPIREAT avoid building argument strings.
@@ -241,6 +249,221 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     } else {
         RedisValue::Null
     })
+}
+
+/// `NSCACHE.SET prefix key ttl value LEASE token`: writes only if `token` is
+/// the key's current FETCH lease and nothing wrote the key or invalidated its
+/// namespace since; the write ends the lease. Otherwise nil, nothing written,
+/// and `stale_sets_rejected` counts it.
+#[allow(clippy::too_many_arguments)]
+fn set_with_lease(
+    ctx: &Context,
+    args: &[RedisString],
+    target: &Target<'_>,
+    ns: &'static Namespace,
+    token: u64,
+    now: i64,
+    expire_at: i64,
+    started: Instant,
+) -> CacheResult<RedisValue> {
+    let value = args[4].as_slice();
+    let key = OpenKey::write(ctx, &target.stored);
+    // A FETCH grants no lease on a key of another type: finding one means a
+    // plain command wrote the key since, which ends the lease like any write.
+    let occupied = match key.content() {
+        Ok(Content::Empty) => Some(false),
+        Ok(Content::Entry(_)) => Some(true),
+        Err(CacheError::WrongType) => None,
+        Err(other) => return Err(other),
+    };
+    let held = {
+        let mut leases = lease::state()?;
+        let lease_key = leases.key(selected_db(ctx), target.stored.as_slice());
+        match occupied {
+            Some(_) => leases
+                .complete(lease_key, token, ns.lease_owner(), now)
+                .is_ok(),
+            None => {
+                leases.void_lease(&lease_key);
+                false
+            }
+        }
+    };
+    let written = match occupied {
+        Some(occupied) if held => {
+            let entry = Entry::new(
+                ns,
+                ns.generation(),
+                target.form,
+                value,
+                charge_for(target.stored.as_slice().len(), value.len()),
+            );
+            key.store(entry, Some(expire_at), occupied)?;
+            drop(key);
+            // Replicas and the AOF get a plain SET (a replica knows no lease)
+            // and this node's absolute expiry.
+            replicate_plain_set(ctx, args);
+            replicate_pexpireat(ctx, &target.stored, expire_at);
+            true
+        }
+        _ => false,
+    };
+    let mut stats = ns.stats();
+    if written {
+        stats.counters.sets += 1;
+    } else {
+        stats.counters.stale_sets_rejected += 1;
+    }
+    stats.write_latency.record(elapsed_ns(started));
+    Ok(if written {
+        RedisValue::SimpleStringStatic("OK")
+    } else {
+        RedisValue::Null
+    })
+}
+
+/// `NSCACHE.FETCH prefix key lease_ms [REFRESH window_ms]` (SPEC 2.4): HIT with
+/// the value, MISS with a lease token, WAIT with a retry hint, or (inside the
+/// refresh window) REFRESH with the value and a token.
+pub fn fetch(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+    let started = Instant::now();
+    arity(args, 4, Some(6), "nscache.fetch")?;
+    let prefix = prefix_arg(&args[1])?;
+    let target = target(ctx, prefix, &args[2])?;
+    let lease_ms = lease::parse_lease_ms(args[3].as_slice())?;
+    let window = match &args[4..] {
+        [] => None,
+        rest => {
+            let words: Vec<&[u8]> = rest.iter().map(RedisString::as_slice).collect();
+            lease::parse_fetch_options(&words)?
+        }
+    };
+    let Some(ns) = read_namespace(ctx, prefix) else {
+        // No namespace, no lease to name it: the write-back could not be
+        // stored either. WRONGTYPE first, like GET.
+        OpenKey::read(ctx, &target.stored).content()?;
+        return Err(CacheError::TooManyNamespaces(config::max_namespaces()));
+    };
+    let now = now_ms();
+    let key = OpenKey::read(ctx, &target.stored);
+    let found = slot(&key, ns, target.form)?;
+    let outcome = if let Slot::Live(entry) = &found {
+        let refresh = match (window, key.expire_ms()) {
+            (Some(window), Some(left)) if left < window => {
+                let mut leases = lease::state()?;
+                let lease_key = leases.key(selected_db(ctx), target.stored.as_slice());
+                match leases.acquire(
+                    lease_key,
+                    ns.lease_owner(),
+                    now,
+                    lease_ms,
+                    config::max_leases(),
+                ) {
+                    Acquire::Granted(token) => Some(token),
+                    Acquire::Held { .. } => None,
+                }
+            }
+            _ => None,
+        };
+        let value = entry.value();
+        match refresh {
+            Some(token) => {
+                raw::reply_with_array(ctx.ctx, 3);
+                raw::reply_with_simple_string(ctx.ctx, c"REFRESH".as_ptr());
+                raw::reply_with_string_buffer(ctx.ctx, value.as_ptr().cast(), value.len());
+                reply_str(ctx, &lease::format_token(token));
+                Fetched::Refresh
+            }
+            None => {
+                raw::reply_with_array(ctx.ctx, 2);
+                raw::reply_with_simple_string(ctx.ctx, c"HIT".as_ptr());
+                raw::reply_with_string_buffer(ctx.ctx, value.as_ptr().cast(), value.len());
+                Fetched::Hit
+            }
+        }
+    } else {
+        let stale = matches!(found, Slot::Stale);
+        drop(key);
+        // Reclaimed before the lease is taken: the deletion is a write of
+        // the key and would void it.
+        if stale && may_reclaim(ctx) {
+            sweeper::reclaim(ctx, &target.stored);
+        }
+        let mut leases = lease::state()?;
+        let lease_key = leases.key(selected_db(ctx), target.stored.as_slice());
+        match leases.acquire(
+            lease_key,
+            ns.lease_owner(),
+            now,
+            lease_ms,
+            config::max_leases(),
+        ) {
+            Acquire::Granted(token) => {
+                drop(leases);
+                raw::reply_with_array(ctx.ctx, 2);
+                raw::reply_with_simple_string(ctx.ctx, c"MISS".as_ptr());
+                reply_str(ctx, &lease::format_token(token));
+                Fetched::Miss
+            }
+            Acquire::Held { retry_ms } => {
+                drop(leases);
+                raw::reply_with_array(ctx.ctx, 2);
+                raw::reply_with_simple_string(ctx.ctx, c"WAIT".as_ptr());
+                raw::reply_with_long_long(ctx.ctx, retry_ms);
+                Fetched::Wait
+            }
+        }
+    };
+    let mut stats = ns.stats();
+    match outcome {
+        Fetched::Hit => stats.read(target.key, true),
+        Fetched::Refresh => {
+            stats.read(target.key, true);
+            stats.counters.refreshes += 1;
+        }
+        Fetched::Miss => {
+            stats.read(target.key, false);
+            stats.counters.leases += 1;
+        }
+        // A WAIT is neither a hit nor a miss: the caller reads again.
+        Fetched::Wait => stats.counters.lease_waits += 1,
+    }
+    stats.read_latency.record(elapsed_ns(started));
+    Ok(RedisValue::NoReply)
+}
+
+/// What a FETCH replied.
+enum Fetched {
+    Hit,
+    Refresh,
+    Miss,
+    Wait,
+}
+
+/// The database the running command works on.
+fn selected_db(ctx: &Context) -> i32 {
+    // SAFETY: a plain query of the context's client.
+    unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx.ctx)) }.unwrap_or(0)
+}
+
+/// Replicates `NSCACHE.SET prefix key ttl value` (the arguments of this
+/// command without its options).
+fn replicate_plain_set(ctx: &Context, args: &[RedisString]) {
+    // SAFETY: "ssss" = four RedisModuleStrings, all arguments of the running
+    // command and valid for the call.
+    unsafe {
+        if let Some(replicate) = raw::RedisModule_Replicate {
+            replicate(
+                ctx.ctx,
+                c"NSCACHE.SET".as_ptr(),
+                c"ssss".as_ptr(),
+                args[1].inner,
+                args[2].inner,
+                args[3].inner,
+                args[4].inner,
+            );
+        }
+    }
 }
 
 /// Replies with a slot's value or nil; returns whether it hit.
@@ -345,6 +568,13 @@ pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     // Check every key before deleting any, so a WRONGTYPE changes nothing.
     for t in &targets {
         OpenKey::read(ctx, &t.stored).content()?;
+    }
+    // An explicit invalidation voids the keys' FETCH leases whether or not an
+    // entry is there: a reader that missed before this DEL must not write back
+    // what it read before it (SPEC 2.4).
+    let db = selected_db(ctx);
+    for t in &targets {
+        lease::void_key(db, t.stored.as_slice());
     }
     // Then one key at a time: a key named twice (or `a` and `{a}`, which share
     // a stored name) is deleted and counted once.
@@ -481,7 +711,7 @@ fn reply_int(ctx: &Context, v: u64) {
 /// Writes a report as a map (RESP3) or flat field/value array (RESP2), fields in
 /// SPEC 2.5 order; the crate's map values would sort or shuffle them.
 fn reply_stats(ctx: &Context, r: &NamespaceStats) {
-    raw::reply_with_map(ctx.ctx, 12);
+    raw::reply_with_map(ctx.ctx, 16);
     for (name, value) in [("hits", r.hits), ("misses", r.misses)] {
         reply_str(ctx, name);
         reply_int(ctx, value);
@@ -516,6 +746,15 @@ fn reply_stats(ctx: &Context, r: &NamespaceStats) {
             reply_str(ctx, field);
             reply_int(ctx, value);
         }
+    }
+    for (name, value) in [
+        ("leases", r.leases),
+        ("lease_waits", r.lease_waits),
+        ("refreshes", r.refreshes),
+        ("stale_sets_rejected", r.stale_sets_rejected),
+    ] {
+        reply_str(ctx, name);
+        reply_int(ctx, value);
     }
 }
 
@@ -594,6 +833,7 @@ pub fn restoreentry(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisVal
     let entry = Entry::new(ns, ns.generation(), form, value, charged);
     key.store(entry, None, occupied)?;
     drop(key);
+    lease::void_key(selected_db(ctx), stored.as_slice());
     ctx.replicate_verbatim();
     Ok(RedisValue::SimpleStringStatic("OK"))
 }

@@ -10,6 +10,10 @@ pub static TOPK: AtomicI64 = AtomicI64::new(32);
 pub static MAX_NAMESPACES: AtomicI64 = AtomicI64::new(1024);
 /// `nscache.sweep-budget`: keys the background sweep may visit per 10 ms tick.
 pub static SWEEP_BUDGET: AtomicI64 = AtomicI64::new(1000);
+/// `nscache.max-leases`: cap on outstanding FETCH leases, all namespaces and
+/// databases together (SPEC 2.4). At the cap a new lease replaces the one
+/// that would expire first.
+pub static MAX_LEASES: AtomicI64 = AtomicI64::new(crate::lease::DEFAULT_MAX_LEASES as i64);
 /// `nscache.publish-invalidations`: PUBLISH a `cache.invalidated` envelope on
 /// `nscache:events` after NSCACHE.DEL and NSCACHE.INVALIDATE.
 pub static PUBLISH_INVALIDATIONS: AtomicBool = AtomicBool::new(false);
@@ -20,6 +24,16 @@ pub const TOPK_RANGE: (i64, i64) = (1, 1024);
 pub const MAX_NAMESPACES_RANGE: (i64, i64) = (1, 1_000_000);
 /// Bounds of `sweep-budget`.
 pub const SWEEP_BUDGET_RANGE: (i64, i64) = (10, 10_000_000);
+
+/// Bounds of `max-leases`.
+pub const MAX_LEASES_RANGE: (i64, i64) = (1, 10_000_000);
+
+/// Current lease cap.
+pub fn max_leases() -> usize {
+    usize::try_from(MAX_LEASES.load(Ordering::Relaxed))
+        .unwrap_or(1)
+        .max(1)
+}
 
 /// Current top-K size.
 pub fn topk() -> usize {

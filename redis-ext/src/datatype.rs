@@ -413,10 +413,17 @@ fn note_unlink(ctx: *mut raw::RedisModuleKeyOptCtx, value: *const c_void) {
     else {
         return;
     };
-    removal::entry_unlinked(
-        entry.namespace(),
-        redis_module::RedisString::string_as_slice(name),
-    );
+    let name = redis_module::RedisString::string_as_slice(name);
+    removal::entry_unlinked(entry.namespace(), name);
+    // The entry leaves the keyspace (DEL, overwrite by a plain SET, RENAME,
+    // MOVE, expiry, eviction...): a write of the key, which voids its FETCH
+    // lease (SPEC 2.4). Keyspace events cover the same removals except an
+    // overwrite; this covers that.
+    if crate::lease::any() {
+        // SAFETY: ctx is valid for the call.
+        let db = unsafe { raw::RedisModule_GetDbIdFromOptCtx.map(|f| f(ctx)) }.unwrap_or(0);
+        crate::lease::void_key(db, name);
+    }
 }
 
 fn log_warning(message: &str) {

@@ -53,6 +53,21 @@ pub enum CacheError {
     /// replication link may run it.
     #[error("ERR NSCACHE.RESTOREENTRY is internal: only AOF loading and a primary's replication stream may run it (use NSCACHE.SET)")]
     InternalCommand,
+    /// `lease_ms` is not a whole number of milliseconds in range.
+    #[error("ERR invalid lease_ms: must be a whole number of milliseconds from 1 to {0}")]
+    BadLeaseMs(i64),
+    /// `window_ms` is not a whole number of milliseconds in range.
+    #[error("ERR invalid window_ms: must be a whole number of milliseconds from 1 to {0}")]
+    BadWindowMs(i64),
+    /// A lease token that NSCACHE.FETCH cannot have issued.
+    #[error("ERR invalid lease token: must be the 16 hex digits NSCACHE.FETCH replied")]
+    BadToken,
+    /// An option without its argument.
+    #[error("ERR syntax error: {0}")]
+    MissingArgument(&'static str),
+    /// An option given twice.
+    #[error("ERR syntax error: {0} given more than once")]
+    DuplicateOption(&'static str),
     /// Redis refused an operation the module asked for.
     #[error("ERR internal error: {0}")]
     Internal(&'static str),

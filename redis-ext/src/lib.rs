@@ -1,7 +1,7 @@
 //! nscache: a namespaced, self-monitoring cache as a Redis module (SPEC 2).
 //!
 //! Logic is plain Rust with unit tests: `args`, `entry`, `guard`, `histogram`,
-//! `keyname`, `lifecycle`, `memsize`, `namespace`, `removal`, `sweep`, `topk`. The FFI layer is thin:
+//! `keyname`, `lease`, `lifecycle`, `memsize`, `namespace`, `removal`, `sweep`, `topk`. The FFI layer is thin:
 //! `commands`, `datatype`, `openkey`, `sweeper`, and the module table below.
 
 pub mod args;
@@ -13,6 +13,7 @@ pub mod error;
 pub mod guard;
 pub mod histogram;
 pub mod keyname;
+pub mod lease;
 pub mod lifecycle;
 pub mod log;
 pub mod memsize;
@@ -40,6 +41,7 @@ mod module {
     use crate::config;
     use crate::datatype::{self, ENTRY_TYPE};
     use crate::guard;
+    use crate::lease;
     use crate::namespace::{registry, try_registry};
     use crate::removal::{self, Removal};
     use crate::sweeper;
@@ -81,6 +83,33 @@ mod module {
         if status != Some(redis_module::raw::REDISMODULE_OK as i32) {
             crate::log::warning("nscache: could not subscribe to flush events");
         }
+        // SWAPDB sends no per-key events either.
+        // SAFETY: as above.
+        let status = unsafe {
+            redis_module::raw::RedisModule_SubscribeToServerEvent.map(|f| {
+                f(
+                    ctx.ctx,
+                    redis_module::raw::RedisModuleEvent {
+                        id: redis_module::raw::REDISMODULE_EVENT_SWAPDB,
+                        dataver: 1,
+                    },
+                    Some(on_swapdb),
+                )
+            })
+        };
+        if status != Some(redis_module::raw::REDISMODULE_OK as i32) {
+            crate::log::warning("nscache: could not subscribe to SWAPDB events");
+        }
+    }
+
+    /// SWAPDB exchanges whole databases: every lease goes, like at a flush.
+    unsafe extern "C" fn on_swapdb(
+        _ctx: *mut redis_module::raw::RedisModuleCtx,
+        _eid: redis_module::raw::RedisModuleEvent,
+        _subevent: u64,
+        _data: *mut std::ffi::c_void,
+    ) {
+        guard::catch("swapdb event", (), lease::void_all);
     }
 
     /// Before every database is emptied, no entry stays live: `live` (what
@@ -97,6 +126,9 @@ mod module {
             if subevent != redis_module::raw::REDISMODULE_SUBEVENT_FLUSHDB_START {
                 return;
             }
+            // Flushed keys send no per-key events: every lease goes (for a
+            // single database's flush too; a few extra recomputations at most).
+            lease::void_all();
             let info = data.cast::<redis_module::raw::RedisModuleFlushInfo>();
             // SAFETY: Redis passes a RedisModuleFlushInfo for this event.
             if info.is_null() || unsafe { (*info).dbnum } != -1 {
@@ -138,8 +170,15 @@ mod module {
         });
     }
 
-    fn on_key_event(_ctx: &Context, event: NotifyEvent, _name: &str, key: &[u8]) {
+    fn on_key_event(ctx: &Context, event: NotifyEvent, _name: &str, key: &[u8]) {
         guard::catch("keyspace event", (), || {
+            // Any generic event (DEL, UNLINK, EXPIRE, PERSIST, RENAME, MOVE,
+            // COPY, RESTORE...), expiry or eviction of a stored name is a
+            // write of it: its FETCH lease no longer holds (SPEC 2.4). The
+            // context has the key's database selected.
+            if lease::any() {
+                lease::void_key(selected_db(ctx), key);
+            }
             if event.contains(NotifyEvent::EVICTED) {
                 removal::key_removed(Removal::Evicted, key);
             } else if event.contains(NotifyEvent::EXPIRED) {
@@ -150,6 +189,11 @@ mod module {
                 removal::forget();
             }
         });
+    }
+
+    fn selected_db(ctx: &Context) -> i32 {
+        // SAFETY: a plain query of the context's client.
+        unsafe { redis_module::raw::RedisModule_GetSelectedDb.map(|f| f(ctx.ctx)) }.unwrap_or(0)
     }
 
     /// A replica promoted to primary sweeps what its old primary had not.
@@ -182,6 +226,16 @@ mod module {
         };
         ctx.add_info_section(None);
         ctx.add_info_field_long_long("namespaces", registry.len() as i64);
+        // Lease figures (SPEC 2.4): the bound and what it holds now.
+        let now = unsafe { redis_module::raw::RedisModule_Milliseconds.map(|f| f()) }.unwrap_or(0);
+        let (outstanding, evicted) = lease::figures(now, for_crash_report);
+        ctx.add_info_field_long_long("leases_outstanding", outstanding as i64);
+        ctx.add_info_field_long_long("leases_max", config::max_leases() as i64);
+        ctx.add_info_field_long_long("leases_evicted", evicted as i64);
+        ctx.add_info_field_long_long(
+            "leases_bytes",
+            (outstanding.saturating_mul(lease::LEASE_BYTES)) as i64,
+        );
         if let Some(busy) = sweeper::busy() {
             ctx.add_info_field_long_long("sweep_pending", i64::from(busy));
         }
@@ -191,9 +245,11 @@ mod module {
             let line = format!(
                 "hits={},misses={},hit_ratio={:.4},sets={},deletes={},invalidations={},expired={},evicted={},entries={},bytes={},\
                  read_latency_us_p50={},read_latency_us_p90={},read_latency_us_p99={},read_latency_us_p999={},read_latency_us_max={},\
-                 write_latency_us_p50={},write_latency_us_p90={},write_latency_us_p99={},write_latency_us_p999={},write_latency_us_max={}",
+                 write_latency_us_p50={},write_latency_us_p90={},write_latency_us_p99={},write_latency_us_p999={},write_latency_us_max={},\
+                 leases={},lease_waits={},refreshes={},stale_sets_rejected={}",
                 r.hits, r.misses, r.hit_ratio, r.sets, r.deletes, r.invalidations, r.expired, r.evicted, r.entries, r.bytes,
                 rl.p50, rl.p90, rl.p99, rl.p999, rl.max, wl.p50, wl.p90, wl.p99, wl.p999, wl.max,
+                r.leases, r.lease_waits, r.refreshes, r.stale_sets_rejected,
             );
             ctx.add_info_field_str(&format!("ns_{}", r.prefix), &line);
         }
@@ -211,6 +267,7 @@ mod module {
     handlers! {
         cmd_set => commands::set,
         cmd_get => commands::get,
+        cmd_fetch => commands::fetch,
         cmd_mget => commands::mget,
         cmd_del => commands::del,
         cmd_ttl => commands::ttl,
@@ -238,6 +295,9 @@ mod module {
             // CLIENT PAUSE WRITE and refuses it in read-only scripts).
             ["nscache.get", cmd_get, "readonly may-replicate fast", 2, 2, 1, ""],
             ["nscache.mget", cmd_mget, "readonly may-replicate fast", 2, -1, 1, ""],
+            // FETCH writes no keyspace data (leases are per-node memory, never
+            // replicated); like GET it may reclaim the stale entry it finds.
+            ["nscache.fetch", cmd_fetch, "readonly may-replicate fast", 2, 2, 1, ""],
             ["nscache.del", cmd_del, "write", 2, -1, 1, ""],
             ["nscache.ttl", cmd_ttl, "readonly fast", 2, 2, 1, ""],
             // Namespace-wide commands are keyless: they act on the node that
@@ -263,6 +323,7 @@ mod module {
                 ["topk", &config::TOPK, 32, config::TOPK_RANGE.0, config::TOPK_RANGE.1, ConfigurationFlags::DEFAULT, Some(Box::new(on_topk_changed))],
                 ["max-namespaces", &config::MAX_NAMESPACES, 1024, config::MAX_NAMESPACES_RANGE.0, config::MAX_NAMESPACES_RANGE.1, ConfigurationFlags::DEFAULT, None],
                 ["sweep-budget", &config::SWEEP_BUDGET, 1000, config::SWEEP_BUDGET_RANGE.0, config::SWEEP_BUDGET_RANGE.1, ConfigurationFlags::DEFAULT, None],
+                ["max-leases", &config::MAX_LEASES, crate::lease::DEFAULT_MAX_LEASES as i64, config::MAX_LEASES_RANGE.0, config::MAX_LEASES_RANGE.1, ConfigurationFlags::DEFAULT, None],
             ],
             string: [],
             bool: [

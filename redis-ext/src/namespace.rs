@@ -38,6 +38,14 @@ pub struct Counters {
     pub expired: u64,
     /// Entries Redis evicted under maxmemory.
     pub evicted: u64,
+    /// FETCH leases granted with a MISS (SPEC 2.4).
+    pub leases: u64,
+    /// FETCHes answered WAIT.
+    pub lease_waits: u64,
+    /// FETCH leases granted with a REFRESH.
+    pub refreshes: u64,
+    /// `SET ... LEASE` writes refused because the lease no longer held.
+    pub stale_sets_rejected: u64,
 }
 
 /// Everything the main thread updates per command, behind one lock so that a
@@ -122,6 +130,21 @@ impl Namespace {
     /// The prefix.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The namespace's id, never reused: leases name their namespace by it,
+    /// so they neither pin a namespace nor match a re-created one.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The state a FETCH lease of this namespace is granted in (SPEC 2.4):
+    /// an INVALIDATE or a flush changes it, which voids the lease.
+    pub fn lease_owner(&self) -> crate::lease::Owner {
+        crate::lease::Owner {
+            namespace: self.id,
+            generation: self.generation(),
+        }
     }
 
     /// Current generation: entries of any other generation are invalidated.
@@ -225,6 +248,10 @@ impl Namespace {
             bytes: self.bytes().max(0) as u64,
             read_latency_us: stats.read_latency.summary_us(),
             write_latency_us: stats.write_latency.summary_us(),
+            leases: c.leases,
+            lease_waits: c.lease_waits,
+            refreshes: c.refreshes,
+            stale_sets_rejected: c.stale_sets_rejected,
         }
     }
 }

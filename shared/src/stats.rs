@@ -24,6 +24,10 @@ const NAMESPACE_FIELDS: &[&str] = &[
     "bytes",
     "read_latency_us",
     "write_latency_us",
+    "leases",
+    "lease_waits",
+    "refreshes",
+    "stale_sets_rejected",
 ];
 const REPORT_FIELDS: &[&str] = &["v", "namespaces"];
 
@@ -77,6 +81,14 @@ pub struct NamespaceStats {
     pub read_latency_us: LatencySummary,
     /// Write command latency.
     pub write_latency_us: LatencySummary,
+    /// Leases granted by `NSCACHE.FETCH` with a `MISS` reply (SPEC 2.4).
+    pub leases: u64,
+    /// `NSCACHE.FETCH` calls answered `WAIT` (another caller held the lease).
+    pub lease_waits: u64,
+    /// Leases granted by `NSCACHE.FETCH` with a `REFRESH` reply.
+    pub refreshes: u64,
+    /// `NSCACHE.SET ... LEASE` writes refused (nil) because the lease no longer held.
+    pub stale_sets_rejected: u64,
 }
 
 /// What `NSCACHE.STATS ... JSON` returns: some or all namespaces of one node.
@@ -165,6 +177,10 @@ impl NamespaceStats {
             bytes: json::u64_field(object, "bytes")?,
             read_latency_us: LatencySummary::from_field(object, "read_latency_us")?,
             write_latency_us: LatencySummary::from_field(object, "write_latency_us")?,
+            leases: json::u64_field(object, "leases")?,
+            lease_waits: json::u64_field(object, "lease_waits")?,
+            refreshes: json::u64_field(object, "refreshes")?,
+            stale_sets_rejected: json::u64_field(object, "stale_sets_rejected")?,
         })
     }
 }
@@ -269,6 +285,10 @@ mod tests {
             bytes: 512,
             read_latency_us: latency(3),
             write_latency_us: latency(5),
+            leases: 6,
+            lease_waits: 7,
+            refreshes: 8,
+            stale_sets_rejected: 9,
         }
     }
 
@@ -298,7 +318,8 @@ mod tests {
                 r#"{"prefix":"candidates","hits":3,"misses":1,"hit_ratio":0.75,"sets":4,"#,
                 r#""deletes":1,"invalidations":0,"expired":2,"evicted":0,"entries":1,"bytes":512,"#,
                 r#""read_latency_us":{"p50":3,"p90":6,"p99":12,"p999":24,"max":60},"#,
-                r#""write_latency_us":{"p50":5,"p90":10,"p99":20,"p999":40,"max":100}}"#
+                r#""write_latency_us":{"p50":5,"p90":10,"p99":20,"p999":40,"max":100},"#,
+                r#""leases":6,"lease_waits":7,"refreshes":8,"stale_sets_rejected":9}"#
             )
         );
         assert_eq!(NamespaceStats::parse(&ns.to_json()), Ok(ns.clone()));
@@ -351,6 +372,22 @@ mod tests {
             field_of(with(&["top_keys"], Value::from(1))).0,
             "namespace stats"
         );
+        for lease_field in ["leases", "lease_waits", "refreshes", "stale_sets_rejected"] {
+            assert_eq!(
+                field_of(with(&[lease_field], Value::from(-1))).0,
+                lease_field
+            );
+            let mut missing = good.clone();
+            missing
+                .as_object_mut()
+                .expect("an object")
+                .remove(lease_field);
+            assert_eq!(
+                field_of(NamespaceStats::parse(&missing.to_string())).0,
+                lease_field,
+                "the lease fields are required"
+            );
+        }
     }
 
     #[test]

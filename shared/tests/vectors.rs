@@ -233,7 +233,12 @@ const INVALID: &[(&str, Expect)] = &[
         "stats_namespace_latency_unknown_field.json",
         Field("read_latency_us"),
     ),
+    ("stats_namespace_leases_missing.json", Field("leases")),
     ("stats_namespace_prefix_bad_char.json", Field("prefix")),
+    (
+        "stats_namespace_stale_sets_rejected_negative.json",
+        Field("stale_sets_rejected"),
+    ),
     ("stats_namespace_truncated.json", Json),
     (
         "stats_namespace_unknown_field.json",

@@ -130,7 +130,11 @@ fn stats_fields_come_in_spec_order_and_as_a_map_in_resp3() {
             "entries",
             "bytes",
             "read_latency_us",
-            "write_latency_us"
+            "write_latency_us",
+            "leases",
+            "lease_waits",
+            "refreshes",
+            "stale_sets_rejected"
         ]
     );
     assert!(
