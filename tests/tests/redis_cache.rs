@@ -314,13 +314,10 @@ fn counts_and_bytes_stay_exact_through_an_eviction_storm() {
                 .expect("MEMORY USAGE");
             usage += u;
         }
-        // bytes is charged as MEMORY USAGE computes it; allow 1% for allocator
-        // size classes this model does not know.
-        let diff = (s.bytes as i64 - usage as i64).unsigned_abs();
-        assert!(
-            diff * 100 <= usage,
-            "{prefix}: bytes {} vs MEMORY USAGE sum {usage}",
-            s.bytes
+        // bytes is charged as MEMORY USAGE computes it (README): equal, not close.
+        assert_eq!(
+            s.bytes, usage,
+            "{prefix}: bytes equals the MEMORY USAGE sum of the namespace's keys"
         );
         assert_eq!(s.sets, 60_000);
         total_evicted += s.evicted;
