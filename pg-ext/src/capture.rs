@@ -21,12 +21,14 @@ const LONGEST_SUFFIX: &str = ".inserted";
 #[pg_extern(name = "_capture")]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 fn txevents_capture_oid(tbl: Option<pg_sys::Oid>, event_prefix: Option<&str>) {
+    crate::require_writable(c"txevents.capture()");
     capture(tbl, event_prefix).unwrap_or_else(|e| e.raise())
 }
 
 #[pg_extern(name = "_uncapture")]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 fn txevents_uncapture_oid(tbl: Option<pg_sys::Oid>) -> bool {
+    crate::require_writable(c"txevents.uncapture()");
     uncapture(tbl).unwrap_or_else(|e| e.raise())
 }
 

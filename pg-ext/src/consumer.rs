@@ -74,6 +74,7 @@ fn txevents_create_consumer(
     backoff_base: default!(Option<Interval>, "'1s'"),
     backoff_max: default!(Option<Interval>, "'5 min'"),
 ) {
+    crate::require_writable(c"txevents.create_consumer()");
     create_consumer(name, event_types, max_attempts, backoff_base, backoff_max)
         .unwrap_or_else(|e| e.raise())
 }
@@ -141,6 +142,7 @@ fn create_consumer(
 #[pg_extern(name = "drop_consumer", security_definer)]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 fn txevents_drop_consumer(name: Option<&str>) {
+    crate::require_writable(c"txevents.drop_consumer()");
     let run = || -> TxResult<()> {
         let name = name.ok_or(TxEventsError::NullArgument("name"))?;
         Spi::connect_mut(|client| {
@@ -200,6 +202,7 @@ fn txevents_poll(
         name!(attempt, i32),
     ),
 > {
+    crate::require_writable(c"txevents.poll()");
     match poll(consumer, max, lease) {
         Ok(rows) => TableIterator::new(rows),
         Err(e) => e.raise(),
@@ -618,6 +621,7 @@ fn require_group(client: &mut SpiClient<'_>, consumer: &str) -> TxResult<()> {
 #[pg_extern(name = "ack", security_definer)]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 fn txevents_ack(consumer: Option<&str>, ids: Option<Vec<Option<i64>>>) -> i64 {
+    crate::require_writable(c"txevents.ack()");
     ack(consumer, ids).unwrap_or_else(|e| e.raise())
 }
 
@@ -673,6 +677,7 @@ fn txevents_nack(
     error: default!(Option<&str>, "NULL"),
     retry_after: default!(Option<Interval>, "NULL"),
 ) -> bool {
+    crate::require_writable(c"txevents.nack()");
     nack(consumer, id, error, retry_after).unwrap_or_else(|e| e.raise())
 }
 
@@ -778,6 +783,7 @@ fn txevents_redrive(
     consumer: Option<&str>,
     ids: default!(Option<Vec<Option<i64>>>, "NULL"),
 ) -> i64 {
+    crate::require_writable(c"txevents.redrive()");
     let run = || -> TxResult<i64> {
         let consumer = consumer.ok_or(TxEventsError::NullArgument("consumer"))?;
         let ids: Option<Vec<i64>> = ids.map(|v| v.into_iter().flatten().collect());
@@ -811,6 +817,7 @@ fn txevents_redrive(
 #[pg_extern(name = "prune", security_definer)]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
 fn txevents_prune(older_than: Option<Interval>) -> i64 {
+    crate::require_writable(c"txevents.prune()");
     let run = || -> TxResult<i64> {
         let micros = interval_micros("older_than", older_than)?;
         validate::older_than(micros)?;

@@ -27,6 +27,16 @@ pgrx::pg_module_magic!();
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
+/// Refuses to run `function` (named in the message, e.g. `c"txevents.poll()"`) in a
+/// read-only transaction, on a hot standby included, with Postgres's own 25006 error,
+/// before it does anything: its SPI writes would otherwise ask for a transaction id
+/// first (pgrx does, for every non-read-only SPI statement), which a standby refuses
+/// with an XX000 "cannot assign TransactionIds during recovery".
+pub(crate) fn require_writable(function: &std::ffi::CStr) {
+    // SAFETY: raises a Postgres ERROR (re-raised through pgrx's guard) or returns.
+    unsafe { pg_sys::PreventCommandIfReadOnly(function.as_ptr()) }
+}
+
 /// Registers the extension's settings, transaction callbacks and utility hook when the
 /// library loads.
 #[pg_guard]

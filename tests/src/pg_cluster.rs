@@ -406,6 +406,122 @@ impl PgCluster {
     }
 }
 
+/// A hot standby of the test cluster (streaming replication from a base backup), in a
+/// directory of its own; stopped and removed on drop.
+#[derive(Debug)]
+pub struct PgStandby {
+    dir: PathBuf,
+    data: PathBuf,
+    bindir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PgCluster {
+    /// Starts a hot standby of this cluster (`pg_basebackup -R`, then `pg_ctl start`
+    /// with the same preload). Every database of the primary is on it; wait for a
+    /// change to arrive with `pg_last_wal_replay_lsn()`.
+    pub fn start_standby(&self) -> Result<PgStandby, String> {
+        let dir = tempdir::make_dir("pg");
+        let standby = PgStandby {
+            data: dir.join("data"),
+            dir,
+            bindir: self.bindir.clone(),
+            port: free_port(),
+            as_postgres: self.as_postgres,
+        };
+        if self.as_postgres {
+            let (uid, gid) = postgres_ids()?;
+            std::os::unix::fs::chown(&standby.dir, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", standby.dir.display()))?;
+        }
+        let out = tool(
+            &self.bindir,
+            self.as_postgres,
+            "pg_basebackup",
+            &standby.dir,
+        )
+        .arg("-D")
+        .arg(&standby.data)
+        .arg("-h")
+        .arg(&self.dir)
+        .args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+            "--checkpoint=fast",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run pg_basebackup: {e}"))?;
+        if !out.status.success() {
+            return Err(describe("pg_basebackup", &out));
+        }
+        let preload = std::env::var("TXEVENTS_PRELOAD").unwrap_or_else(|_| "txevents".to_owned());
+        let mut options = format!(
+            "-p {} -k {} -c listen_addresses='' -c hot_standby=on -c max_prepared_transactions=10",
+            standby.port,
+            standby.dir.display()
+        );
+        if !preload.is_empty() {
+            options.push_str(&format!(" -c shared_preload_libraries={preload}"));
+        }
+        let out = tool(&self.bindir, self.as_postgres, "pg_ctl", &standby.dir)
+            .arg("-D")
+            .arg(&standby.data)
+            .arg("-o")
+            .arg(&options)
+            .arg("-l")
+            .arg(standby.dir.join(SERVER_LOG))
+            .args(["-w", "-t", "60", "start"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("run pg_ctl start: {e}"))?;
+        if !out.success() {
+            let log = fs::read_to_string(standby.dir.join(SERVER_LOG)).unwrap_or_default();
+            return Err(format!("standby did not start ({out}):\n{log}"));
+        }
+        Ok(standby)
+    }
+}
+
+impl PgStandby {
+    /// A new connection to `db` on the standby, as the superuser.
+    pub fn connect(&self, db: &str) -> postgres::Client {
+        let mut config = postgres::Config::new();
+        config
+            .host_path(&self.dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname(db)
+            .connect_timeout(Duration::from_secs(10));
+        config
+            .connect(postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to standby database {db:?}: {e}"))
+    }
+}
+
+impl Drop for PgStandby {
+    fn drop(&mut self) {
+        if self.data.join("postmaster.pid").exists() {
+            let _ = tool(&self.bindir, self.as_postgres, "pg_ctl", Path::new("/"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+                .stdin(Stdio::null())
+                .output();
+        }
+        tempdir::remove_dir(&self.dir);
+    }
+}
+
 fn tool(bindir: &Path, as_postgres: bool, name: &str, cwd: &Path) -> Command {
     let mut cmd = if as_postgres {
         let mut cmd = Command::new("runuser");
