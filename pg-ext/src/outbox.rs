@@ -19,10 +19,10 @@
 //! INSERT into the partition.
 //!
 //! What this path cannot honour, it refuses (SQLSTATE 55000) instead of bypassing:
-//! triggers that fire on INSERT (other than those rechecks; UPDATE, DELETE and
-//! TRUNCATE triggers, such as a referencing foreign key's, are fine), INSERT rules
-//! (UPDATE and DELETE rules are fine), row level security that applies to emit's
-//! owner (not to a superuser, nor to the table's owner without FORCE), CHECK
+//! triggers that fire on INSERT (other than those rechecks; disabled triggers and
+//! UPDATE, DELETE and TRUNCATE ones, such as a referencing foreign key's, are fine),
+//! INSERT rules (UPDATE and DELETE rules are fine), row level security that applies
+//! to emit's owner (not to a superuser, nor to the table's owner without FORCE), CHECK
 //! constraints, a relation that is not an ordinary heap table, columns added or
 //! retyped (the tuple is formed for the columns below; dropped columns are written as
 //! NULL), and a renamed or moved outbox or sequence.
@@ -348,9 +348,12 @@ unsafe fn check_bypassed(rel: pg_sys::Relation) -> TxResult<bool> {
         if !trigdesc.is_null() {
             for i in 0..(*trigdesc).numtriggers.max(0) as usize {
                 let trigger = &*(*trigdesc).triggers.add(i);
-                if trigger.tgtype as u32 & pg_sys::TRIGGER_TYPE_INSERT == 0 {
+                if trigger.tgtype as u32 & pg_sys::TRIGGER_TYPE_INSERT == 0
+                    || trigger.tgenabled as u8 == pg_sys::TRIGGER_DISABLED
+                {
                     // UPDATE, DELETE or TRUNCATE only (e.g. the RI triggers of a
-                    // foreign key referencing the outbox): an INSERT fires none.
+                    // foreign key referencing the outbox), or disabled: an INSERT
+                    // fires none of them.
                     continue;
                 }
                 if trigger.tgisinternal

@@ -256,3 +256,49 @@ fn row_level_security_is_refused_only_where_it_applies_to_emit() {
     );
     s.check_alive();
 }
+
+#[test]
+fn a_disabled_insert_trigger_does_not_stop_emit() {
+    let mut s = setup("disabled_insert_trigger");
+    s.client
+        .batch_execute(
+            "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN NEW.aggregate_type := 'stamped'; RETURN NEW; END $$;
+             CREATE TRIGGER stamp BEFORE INSERT ON txevents.outbox
+                 FOR EACH ROW EXECUTE FUNCTION stamp();
+             ALTER TABLE txevents.outbox DISABLE TRIGGER stamp;",
+        )
+        .expect("disabled trigger");
+    // A plain INSERT fires no disabled trigger; emit used to refuse for good.
+    s.client
+        .batch_execute("SELECT txevents.emit('a.b')")
+        .expect("emit with a disabled INSERT trigger");
+    s.client
+        .batch_execute("ALTER TABLE txevents.outbox ENABLE TRIGGER stamp")
+        .expect("enable");
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('a.b')",
+        "55000",
+        "a trigger",
+    );
+    // ENABLE REPLICA: fires only under session_replication_role = replica, where
+    // emit refuses it; refused the same way otherwise (it is not disabled).
+    s.client
+        .batch_execute("ALTER TABLE txevents.outbox ENABLE REPLICA TRIGGER stamp")
+        .expect("enable replica");
+    expect_error(
+        &mut s.client,
+        "SELECT txevents.emit('a.b')",
+        "55000",
+        "a trigger",
+    );
+    assert_eq!(
+        count(
+            &mut s.client,
+            "SELECT count(*) FROM txevents.outbox WHERE aggregate_type IS NULL"
+        ),
+        1
+    );
+    s.check_alive();
+}
