@@ -232,7 +232,9 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         drop(key);
         // Another writer's value is in: a FETCH lease of this key no longer
         // describes what is stored (SPEC 2.4).
-        lease::void_key(selected_db(ctx), target.stored.as_slice());
+        if lease::any() {
+            lease::void_key(selected_db(ctx), target.stored.as_slice());
+        }
         // Replicas and the AOF get the write and then this node's absolute
         // expiry, so a replay does not restart the ttl and DEBUG DIGEST stays
         // equal. Verbatim and a typed PEXPIREAT avoid building argument strings.
