@@ -1067,3 +1067,110 @@ fn invalidate_voids_outstanding_leases_at_once() {
     assert!(!set_lease(&mut conn, "inv", "cold", 60, "stale", &token3));
     assert_eq!(get(&mut conn, "inv", "cold"), None);
 }
+
+#[test]
+fn leases_live_in_memory_only() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes"]);
+    let mut conn = server.conn();
+    set(&mut conn, "mem", "kept", 600, "v");
+    let Fetch::Miss(token) = fetch(&mut conn, "mem", "k", 60_000) else {
+        panic!("cold")
+    };
+    // DEBUG RELOAD empties the keyspace and loads it again: leases go.
+    plain(&mut conn, &["DEBUG", "RELOAD"]);
+    assert_eq!(info_field(&mut conn, "leases_outstanding"), 0);
+    assert!(!set_lease(&mut conn, "mem", "k", 60, "v", &token));
+    let Fetch::Miss(token) = fetch(&mut conn, "mem", "k", 60_000) else {
+        panic!("a new lease after the reload")
+    };
+    // A restart (from the AOF) keeps entries, not leases.
+    server.restart();
+    let mut conn = server.conn();
+    assert_eq!(get(&mut conn, "mem", "kept").as_deref(), Some("v"));
+    assert_eq!(info_field(&mut conn, "leases_outstanding"), 0);
+    assert!(!set_lease(&mut conn, "mem", "k", 60, "v", &token));
+    assert!(matches!(
+        fetch(&mut conn, "mem", "k", 60_000),
+        Fetch::Miss(_)
+    ));
+}
+
+#[test]
+fn fetch_is_declared_like_get() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    // The key argument routes FETCH in a cluster, as it does GET and SET.
+    let keys: Vec<String> = redis::cmd("COMMAND")
+        .arg("GETKEYS")
+        .arg("NSCACHE.FETCH")
+        .arg("p")
+        .arg("k")
+        .arg("100")
+        .arg("REFRESH")
+        .arg("5")
+        .query(&mut conn)
+        .expect("COMMAND GETKEYS");
+    assert_eq!(keys, ["k"]);
+    // The same flags as NSCACHE.GET (readonly, fast; may-replicate is not
+    // shown for module commands by Redis 7.0's COMMAND INFO).
+    let flags = |conn: &mut Connection, name: &str| -> Vec<String> {
+        let info: Value = redis::cmd("COMMAND")
+            .arg("INFO")
+            .arg(name)
+            .query(conn)
+            .expect("COMMAND INFO");
+        let Value::Array(commands) = info else {
+            panic!("{info:?}")
+        };
+        let Value::Array(fields) = &commands[0] else {
+            panic!("{commands:?}")
+        };
+        let Value::Array(flags) = &fields[2] else {
+            panic!("{fields:?}")
+        };
+        flags.iter().map(text).collect()
+    };
+    let fetch_flags = flags(&mut conn, "nscache.fetch");
+    assert_eq!(fetch_flags, flags(&mut conn, "nscache.get"));
+    assert!(
+        fetch_flags.iter().any(|f| f == "readonly"),
+        "{fetch_flags:?}"
+    );
+    assert!(!fetch_flags.iter().any(|f| f == "write"), "{fetch_flags:?}");
+    // may-replicate, like GET: refused in read-only scripts.
+    for name in ["NSCACHE.GET", "NSCACHE.FETCH"] {
+        let err = redis::cmd("EVAL_RO")
+            .arg(format!("return redis.call('{name}', 'p', 'ro', '1000')"))
+            .arg(0)
+            .query::<Value>(&mut conn)
+            .expect_err("EVAL_RO refuses a command that may replicate");
+        assert!(
+            err.to_string().contains("Write commands are not allowed"),
+            "{name}: {err}"
+        );
+    }
+    // Inside MULTI and scripts (EVAL, not EVAL_RO: it may replicate, like GET).
+    let reply: Value = redis::cmd("EVAL")
+        .arg("return redis.call('NSCACHE.FETCH', 'p', 'lua', '1000')")
+        .arg(0)
+        .query(&mut conn)
+        .expect("EVAL");
+    assert!(matches!(parse_fetch(reply), Fetch::Miss(_)));
+    let replies: Vec<Value> = redis::pipe()
+        .atomic()
+        .cmd("NSCACHE.FETCH")
+        .arg("p")
+        .arg("multi")
+        .arg(1000)
+        .cmd("NSCACHE.FETCH")
+        .arg("p")
+        .arg("multi")
+        .arg(1000)
+        .query(&mut conn)
+        .expect("MULTI");
+    let replies: Vec<Fetch> = replies.into_iter().map(parse_fetch).collect();
+    assert!(
+        matches!(replies[..], [Fetch::Miss(_), Fetch::Wait(_)]),
+        "{replies:?}"
+    );
+}
