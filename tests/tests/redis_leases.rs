@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cachetx_tests::nscache::{config_set, dbsize, get, set, stats};
-use cachetx_tests::{wait_until, RedisServer};
+use cachetx_tests::{wait_until, RedisCluster, RedisServer};
 use redis::{Connection, Value};
 
 /// A FETCH reply.
@@ -1173,4 +1173,47 @@ fn fetch_is_declared_like_get() {
         matches!(replies[..], [Fetch::Miss(_), Fetch::Wait(_)]),
         "{replies:?}"
     );
+}
+
+#[test]
+fn fetch_and_lease_writes_route_by_key_in_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    let client = cluster.client();
+    let mut conn = client.get_connection().expect("cluster connection");
+    for i in 0..200 {
+        let key = if i % 10 == 0 {
+            format!("user:{{{i}}}:p")
+        } else {
+            format!("k{i}")
+        };
+        let reply: Value = redis::cmd("NSCACHE.FETCH")
+            .arg("cl")
+            .arg(&key)
+            .arg(60_000)
+            .query(&mut conn)
+            .expect("FETCH via cluster");
+        let Fetch::Miss(token) = parse_fetch(reply) else {
+            panic!("{key}: cold")
+        };
+        // The write-back reaches the node that granted the lease.
+        let reply: Value = redis::cmd("NSCACHE.SET")
+            .arg("cl")
+            .arg(&key)
+            .arg(600)
+            .arg(format!("v{i}"))
+            .arg("LEASE")
+            .arg(&token)
+            .query(&mut conn)
+            .expect("SET LEASE via cluster");
+        assert_eq!(reply, Value::Okay, "{key}");
+        let reply: Value = redis::cmd("NSCACHE.FETCH")
+            .arg("cl")
+            .arg(&key)
+            .arg(60_000)
+            .query(&mut conn)
+            .expect("FETCH via cluster");
+        assert_eq!(parse_fetch(reply), Fetch::Hit(format!("v{i}").into_bytes()));
+        let node = cluster.node_for_key(&key);
+        assert_eq!(get(&mut node.conn(), "cl", &key), Some(format!("v{i}")));
+    }
 }
