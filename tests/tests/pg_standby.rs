@@ -101,13 +101,23 @@ fn a_hot_standby_refuses_emit_and_serves_get() {
 fn emit_is_refused_in_parallel_mode() {
     let db = pg().create_db("emit_refused_in_parallel_mode");
     let mut client = db.connect();
+    // PostgreSQL 16 renamed force_parallel_mode to debug_parallel_query.
+    let version = count(
+        &mut client,
+        "SELECT current_setting('server_version_num')::int8",
+    );
+    let force = if version >= 160000 {
+        "debug_parallel_query"
+    } else {
+        "force_parallel_mode"
+    };
     // Declared PARALLEL SAFE by a DBA and forced into a worker: refused (25000), not
     // written from a worker that has no transaction id of its own.
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "ALTER FUNCTION txevents.emit(text, jsonb, text, text, jsonb) PARALLEL SAFE;
-             SET force_parallel_mode = on; SET parallel_setup_cost = 0;",
-        )
+             SET {force} = on; SET parallel_setup_cost = 0;"
+        ))
         .expect("setup");
     expect_error(
         &mut client,
@@ -116,7 +126,7 @@ fn emit_is_refused_in_parallel_mode() {
         "during a parallel operation",
     );
     client
-        .batch_execute("RESET force_parallel_mode; SELECT txevents.emit('a.b')")
+        .batch_execute(&format!("RESET {force}; SELECT txevents.emit('a.b')"))
         .expect("emit outside parallel mode");
     assert_eq!(
         count(&mut client, "SELECT count(*) FROM txevents.outbox"),
