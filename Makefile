@@ -23,7 +23,7 @@ pg_config_of = $(if $(filter 15,$(1)),$(PG_DEBIAN_CONFIG),$(PG_CACHE)/$(1)/bin/p
 # An explicit PG_CONFIG (environment or command line) overrides it for one major.
 PG_CONFIG ?= $(call pg_config_of,$(PG))
 PGRX_VERSION := $(shell sed -n 's/^pgrx = "=\(.*\)"/\1/p' Cargo.toml)
-DEB_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config redis-server redis-tools
+DEB_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config redis-server redis-tools python3-pip
 NSCACHE_MODULE := $(CURDIR)/target/release/libnscache.so
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PGRX_SUDO := $(if $(filter 0,$(shell id -u)),,--sudo)
