@@ -6,8 +6,8 @@
 
 mod pg_common;
 
-use cachetx_tests::{pg, sqlstate, TestDb};
-use pg_common::{expect_error, postmaster_start};
+use cachetx_tests::sqlstate;
+use pg_common::{expect_error, setup};
 use postgres::Client;
 
 /// Runs `query` with sequential and bitmap scans off, checks that the plan uses
@@ -47,30 +47,6 @@ fn emit(client: &mut Client, event_type: &str, payload: &str, aggregate_id: &str
         )
         .unwrap_or_else(|e| panic!("emit {event_type} {payload}: {e:?}"))
         .get(0)
-}
-
-struct Setup {
-    _db: TestDb,
-    client: Client,
-    started: String,
-}
-
-fn setup(name: &str) -> Setup {
-    let db = pg().create_db(name);
-    let mut client = db.connect();
-    let started = postmaster_start(&mut client);
-    Setup {
-        _db: db,
-        client,
-        started,
-    }
-}
-
-impl Setup {
-    /// The same connection still works and the server did not restart.
-    fn check_alive(&mut self) {
-        assert_eq!(postmaster_start(&mut self.client), self.started);
-    }
 }
 
 #[test]

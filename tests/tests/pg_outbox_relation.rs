@@ -5,33 +5,7 @@
 
 mod pg_common;
 
-use cachetx_tests::{pg, TestDb};
-use pg_common::{count, expect_error, postmaster_start};
-use postgres::Client;
-
-struct Setup {
-    _db: TestDb,
-    client: Client,
-    started: String,
-}
-
-fn setup(name: &str) -> Setup {
-    let db = pg().create_db(name);
-    let mut client = db.connect();
-    let started = postmaster_start(&mut client);
-    Setup {
-        _db: db,
-        client,
-        started,
-    }
-}
-
-impl Setup {
-    /// The same connection still works and the server did not restart.
-    fn check_alive(&mut self) {
-        assert_eq!(postmaster_start(&mut self.client), self.started);
-    }
-}
+use pg_common::{count, expect_error, setup};
 
 #[test]
 fn outbox_attached_as_a_partition_keeps_its_partition_bound() {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cachetx_shared::NotifyPayload;
-use cachetx_tests::{sqlstate, TestDb};
+use cachetx_tests::{pg, sqlstate, TestDb};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
@@ -122,6 +122,32 @@ pub fn postmaster_start(client: &mut Client) -> String {
         .query_one("SELECT pg_postmaster_start_time()::text", &[])
         .expect("pg_postmaster_start_time")
         .get(0)
+}
+
+/// A fresh database, one connection to it, and the postmaster's start time when the
+/// test began.
+pub struct Setup {
+    _db: TestDb,
+    pub client: Client,
+    started: String,
+}
+
+pub fn setup(name: &str) -> Setup {
+    let db = pg().create_db(name);
+    let mut client = db.connect();
+    let started = postmaster_start(&mut client);
+    Setup {
+        _db: db,
+        client,
+        started,
+    }
+}
+
+impl Setup {
+    /// The same connection still works and the server did not restart.
+    pub fn check_alive(&mut self) {
+        assert_eq!(postmaster_start(&mut self.client), self.started);
+    }
 }
 
 /// The seed of a randomized test: `env` if set (decimal), else `default`. Printed, so
