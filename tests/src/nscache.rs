@@ -5,7 +5,7 @@ use std::time::Duration;
 use cachetx_shared::NamespaceStats;
 use redis::{Connection, Value};
 
-use crate::wait_until;
+use crate::{wait_until, RedisServer};
 
 /// `NSCACHE.STATS prefix JSON`, parsed with the shared crate.
 pub fn stats(conn: &mut Connection, prefix: &str) -> NamespaceStats {
@@ -83,4 +83,83 @@ pub fn rewrite_aof(conn: &mut Connection) {
             .expect("INFO");
         info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
     });
+}
+
+/// `DEBUG DIGEST` of the whole dataset.
+pub fn digest(conn: &mut Connection) -> String {
+    redis::cmd("DEBUG")
+        .arg("DIGEST")
+        .query(conn)
+        .expect("DEBUG DIGEST")
+}
+
+/// `PEXPIRETIME stored`, for a stored name given as text or bytes.
+pub fn pexpiretime(conn: &mut Connection, stored: impl AsRef<[u8]>) -> i64 {
+    redis::cmd("PEXPIRETIME")
+        .arg(stored.as_ref())
+        .query(conn)
+        .expect("PEXPIRETIME")
+}
+
+/// `field` of `INFO section`, trimmed, if present.
+pub fn info_field(conn: &mut Connection, section: &str, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg(section).query(conn).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// A replication offset (`master_repl_offset`, `slave_repl_offset`) from
+/// `INFO replication`, -1 if absent.
+pub fn repl_offset(conn: &mut Connection, field: &str) -> i64 {
+    info_field(conn, "replication", field)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// Whether no namespace waits for the sweep (`nscache_sweep_pending:0`).
+pub fn sweep_idle(conn: &mut Connection) -> bool {
+    info_field(conn, "nscache", "nscache_sweep_pending").as_deref() == Some("0")
+}
+
+/// `namespaces` from `INFO nscache`.
+pub fn namespaces(conn: &mut Connection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("nscache").query(conn).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("nscache_namespaces:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no namespaces line in INFO nscache:\n{info}"))
+}
+
+/// `used_memory` from `INFO memory`.
+pub fn used_memory(conn: &mut Connection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(conn).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("used_memory")
+}
+
+/// The server still answers PING on a new connection.
+pub fn alive(server: &RedisServer) {
+    let pong: String = redis::cmd("PING")
+        .query(&mut server.conn())
+        .expect("server still answers");
+    assert_eq!(pong, "PONG");
+}
+
+/// CRC-64/Jones as Redis appends it to DUMP payloads.
+pub fn crc64(data: &[u8]) -> u64 {
+    let mut crc = 0u64;
+    for &byte in data {
+        crc ^= u64::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x95AC_9329_AC4B_C9B5
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use cachetx_tests::nscache::{digest, info_field, pexpiretime, repl_offset, sweep_idle};
 use cachetx_tests::{wait_until, RedisCluster, RedisServer};
 use redis::{Connection, RedisResult, Value};
 
@@ -462,20 +463,6 @@ fn keys_that_share_a_stored_name_never_read_each_other() {
     assert_eq!(get(&mut conn, "p", b"{a}").as_deref(), Some(&b"tagged"[..]));
 }
 
-fn digest(conn: &mut Connection) -> String {
-    redis::cmd("DEBUG")
-        .arg("DIGEST")
-        .query(conn)
-        .expect("DEBUG DIGEST")
-}
-
-fn pexpiretime(conn: &mut Connection, stored: &[u8]) -> i64 {
-    redis::cmd("PEXPIRETIME")
-        .arg(stored)
-        .query(conn)
-        .expect("PEXPIRETIME")
-}
-
 fn keyname(conn: &mut Connection, prefix: &str, key: &[u8]) -> Vec<u8> {
     redis::cmd("NSCACHE.KEYNAME")
         .arg(prefix)
@@ -491,23 +478,6 @@ fn config_set(conn: &mut Connection, name: &str, value: &str) {
         .arg(value)
         .query(conn)
         .expect("CONFIG SET");
-}
-
-fn info_field(conn: &mut Connection, section: &str, field: &str) -> Option<String> {
-    let info: String = redis::cmd("INFO").arg(section).query(conn).expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.trim().to_string())
-}
-
-fn repl_offset(conn: &mut Connection, field: &str) -> i64 {
-    info_field(conn, "replication", field)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1)
-}
-
-fn sweep_idle(conn: &mut Connection) -> bool {
-    info_field(conn, "nscache", "nscache_sweep_pending").as_deref() == Some("0")
 }
 
 fn wait_link_up(replica: &mut Connection) {

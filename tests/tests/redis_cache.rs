@@ -5,31 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cachetx_shared::{CacheInvalidation, Envelope, InvalidationScope, StatsReport};
-use cachetx_tests::nscache::{dbsize, fill, get, rewrite_aof, set, stats};
+use cachetx_tests::nscache::{
+    dbsize, digest, fill, get, pexpiretime, rewrite_aof, set, stats, sweep_idle,
+};
 use cachetx_tests::{wait_until, RedisCluster, RedisServer};
 use redis::{Commands, Connection, Value};
-
-fn pexpiretime(conn: &mut Connection, stored: &str) -> i64 {
-    redis::cmd("PEXPIRETIME")
-        .arg(stored)
-        .query(conn)
-        .expect("PEXPIRETIME")
-}
-
-fn digest(conn: &mut Connection) -> String {
-    redis::cmd("DEBUG")
-        .arg("DIGEST")
-        .query(conn)
-        .expect("DEBUG DIGEST")
-}
-
-fn sweep_idle(conn: &mut Connection) -> bool {
-    let info: String = redis::cmd("INFO")
-        .arg("nscache")
-        .query(conn)
-        .expect("INFO nscache");
-    info.lines().any(|l| l.trim() == "nscache_sweep_pending:0")
-}
 
 /// Stored names of every entry of `prefix`, found with SCAN.
 fn scan_entries(conn: &mut Connection, prefix: &str) -> Vec<String> {

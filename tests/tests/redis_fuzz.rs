@@ -50,6 +50,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cachetx_shared::{NamespaceStats, StatsReport};
+use cachetx_tests::nscache::{crc64, digest, info_field, repl_offset, sweep_idle};
 use cachetx_tests::RedisServer;
 use redis::{Connection, Value};
 
@@ -306,22 +307,6 @@ fn valid_prefix(prefix: &[u8]) -> bool {
         && prefix
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// CRC-64/Jones as Redis appends it to DUMP payloads.
-fn crc64(data: &[u8]) -> u64 {
-    let mut crc = 0u64;
-    for &byte in data {
-        crc ^= u64::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x95AC_9329_AC4B_C9B5
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
 }
 
 fn unix_ms() -> i64 {
@@ -1379,26 +1364,6 @@ impl Fuzz {
     }
 }
 
-fn info_field(conn: &mut Connection, section: &str, field: &str) -> Option<String> {
-    let info: String = redis::cmd("INFO").arg(section).query(conn).expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.trim().to_string())
-}
-
-fn repl_offset(conn: &mut Connection, field: &str) -> i64 {
-    info_field(conn, "replication", field)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1)
-}
-
-fn digest(conn: &mut Connection) -> String {
-    redis::cmd("DEBUG")
-        .arg("DIGEST")
-        .query(conn)
-        .expect("DEBUG DIGEST")
-}
-
 fn ping(conn: &mut Connection) -> redis::RedisResult<String> {
     redis::cmd("PING").query(conn)
 }
@@ -1530,10 +1495,6 @@ fn digests_at_one_offset(p: &mut Connection, r: &mut Connection) -> Option<(Stri
         std::thread::sleep(Duration::from_millis(50));
     }
     None
-}
-
-fn sweep_idle(conn: &mut Connection) -> bool {
-    info_field(conn, "nscache", "nscache_sweep_pending").as_deref() == Some("0")
 }
 
 /// `entries` of every namespace, from `NSCACHE.STATS JSON`.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cachetx_tests::nscache::{config_set, dbsize, get, set, stats};
+use cachetx_tests::nscache::{config_set, dbsize, get, pexpiretime, set, stats, used_memory};
 use cachetx_tests::{wait_until, RedisCluster, RedisServer};
 use redis::{Connection, Value};
 
@@ -136,26 +136,6 @@ fn info_field(conn: &mut Connection, field: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {field} in {info}"))
         .parse()
         .expect("a number")
-}
-
-fn used_memory(conn: &mut Connection) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query(conn)
-        .expect("INFO memory");
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .expect("used_memory")
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
-fn pexpiretime(conn: &mut Connection, stored: &str) -> i64 {
-    redis::cmd("PEXPIRETIME")
-        .arg(stored)
-        .query(conn)
-        .expect("PEXPIRETIME")
 }
 
 fn plain(conn: &mut Connection, argv: &[&str]) -> Value {

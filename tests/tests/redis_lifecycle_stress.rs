@@ -6,25 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachetx_tests::nscache::{config_set, get, set, stats};
+use cachetx_tests::nscache::{config_set, digest, get, namespaces, set, stats};
 use cachetx_tests::{wait_until, RedisServer};
 use redis::Connection;
-
-/// `namespaces` from `INFO nscache`.
-fn namespaces(conn: &mut Connection) -> i64 {
-    let info: String = redis::cmd("INFO").arg("nscache").query(conn).expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("nscache_namespaces:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no namespaces line in INFO nscache:\n{info}"))
-}
-
-fn digest(conn: &mut Connection) -> String {
-    redis::cmd("DEBUG")
-        .arg("DIGEST")
-        .query(conn)
-        .expect("DEBUG DIGEST")
-}
 
 fn wait_replica(primary: &mut Connection) {
     let acked: i64 = redis::cmd("WAIT")

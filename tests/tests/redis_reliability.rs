@@ -6,42 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cachetx_tests::nscache::{config_set, dbsize, fill, get, rewrite_aof, set, stats};
+use cachetx_tests::nscache::{
+    alive, config_set, dbsize, digest, fill, get, namespaces, pexpiretime, rewrite_aof, set, stats,
+    used_memory,
+};
 use cachetx_tests::{wait_until, RedisServer};
 use redis::{Connection, Value};
 
-fn alive(server: &RedisServer) {
-    let pong: String = redis::cmd("PING")
-        .query(&mut server.conn())
-        .expect("server still answers");
-    assert_eq!(pong, "PONG");
-}
-
-/// `namespaces` from `INFO nscache`.
-fn namespaces(conn: &mut Connection) -> i64 {
-    let info: String = redis::cmd("INFO").arg("nscache").query(conn).expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("nscache_namespaces:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no namespaces line in INFO nscache:\n{info}"))
-}
-
 fn exists(conn: &mut Connection, name: &str) -> i64 {
     redis::cmd("EXISTS").arg(name).query(conn).expect("EXISTS")
-}
-
-fn pexpiretime(conn: &mut Connection, name: &str) -> i64 {
-    redis::cmd("PEXPIRETIME")
-        .arg(name)
-        .query(conn)
-        .expect("PEXPIRETIME")
-}
-
-fn digest(conn: &mut Connection) -> String {
-    redis::cmd("DEBUG")
-        .arg("DIGEST")
-        .query(conn)
-        .expect("DEBUG DIGEST")
 }
 
 fn forget(conn: &mut Connection, prefix: &str) -> redis::RedisResult<Value> {
@@ -147,14 +120,6 @@ fn read_unknown_prefixes(conn: &mut Connection, range: std::ops::Range<usize>) {
             .ignore();
     }
     let () = pipe.query(conn).expect("reads");
-}
-
-fn used_memory(conn: &mut Connection) -> i64 {
-    let info: String = redis::cmd("INFO").arg("memory").query(conn).expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("used_memory")
 }
 
 #[test]

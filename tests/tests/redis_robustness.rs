@@ -3,32 +3,11 @@
 
 use std::time::Duration;
 
-use cachetx_tests::nscache::{config_set, dbsize, fill, get, rewrite_aof, set, stats};
+use cachetx_tests::nscache::{
+    alive, config_set, crc64, dbsize, fill, get, rewrite_aof, set, stats,
+};
 use cachetx_tests::{wait_until, RedisServer};
 use redis::{Connection, Value};
-
-fn alive(server: &RedisServer) {
-    let pong: String = redis::cmd("PING")
-        .query(&mut server.conn())
-        .expect("server still answers");
-    assert_eq!(pong, "PONG");
-}
-
-/// CRC-64/Jones as Redis appends it to DUMP payloads.
-fn crc64(data: &[u8]) -> u64 {
-    let mut crc = 0u64;
-    for &byte in data {
-        crc ^= u64::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x95AC_9329_AC4B_C9B5
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
 
 #[test]
 fn error_replies_with_any_bytes_never_take_the_server_down() {
