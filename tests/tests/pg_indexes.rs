@@ -7,7 +7,7 @@
 mod pg_common;
 
 use cachetx_tests::sqlstate;
-use pg_common::{expect_error, setup};
+use pg_common::{count, expect_error, setup};
 use postgres::Client;
 
 /// Runs `query` with sequential and bitmap scans off, checks that the plan uses
@@ -170,24 +170,14 @@ fn exclusion_constraint_is_checked() {
         "23P01",
         "one_event_per_order",
     );
-    let n: i64 = s
-        .client
-        .query_one("SELECT count(*) FROM txevents.outbox", &[])
-        .expect("count")
-        .get(0);
+    let n = count(&mut s.client, "SELECT count(*) FROM txevents.outbox");
     assert_eq!(n, 2);
     s.check_alive();
 }
 
 /// Runs `sql`, expects an error with `code` whose message names `constraint`.
 fn expect_violation(client: &mut Client, sql: &str, code: &str, constraint: &str) {
-    let err = client.batch_execute(sql).expect_err(sql);
-    assert_eq!(sqlstate(&err).as_deref(), Some(code), "{sql}: {err:?}");
-    let message = err.as_db_error().map(|e| e.message().to_string());
-    assert!(
-        message.as_deref().unwrap_or("").contains(constraint),
-        "{sql}: {message:?}"
-    );
+    expect_error(client, sql, code, constraint);
     // A failed COMMIT ends the transaction; a failed statement inside one does not.
     client.batch_execute("ROLLBACK").expect("rollback");
 }
@@ -213,11 +203,7 @@ fn deferrable_constraints_are_checked_when_they_are_due() {
     ];
     for (add, drop, constraint, code) in cases {
         s.client.batch_execute(add).expect(add);
-        let before: i64 = s
-            .client
-            .query_one("SELECT count(*) FROM txevents.outbox", &[])
-            .expect("count")
-            .get(0);
+        let before = count(&mut s.client, "SELECT count(*) FROM txevents.outbox");
         // A conflict inside the transaction is allowed until COMMIT checks it.
         // Each constraint its own value: the rows of the previous case stay.
         let dup = format!("'dup-{constraint}'");
@@ -273,11 +259,7 @@ fn deferrable_constraints_are_checked_when_they_are_due() {
             constraint,
         );
         assert_eq!(found, [ids[1]]);
-        let after: i64 = s
-            .client
-            .query_one("SELECT count(*) FROM txevents.outbox", &[])
-            .expect("count")
-            .get(0);
+        let after = count(&mut s.client, "SELECT count(*) FROM txevents.outbox");
         assert_eq!(after, before + 4, "the failed transactions left no rows");
         s.client.batch_execute(drop).expect(drop);
     }
