@@ -163,3 +163,12 @@ pub fn crc64(data: &[u8]) -> u64 {
     }
     crc
 }
+
+/// Waits up to `timeout` until the lazy-free thread has freed everything
+/// (`lazyfree_pending_objects:0` in `INFO memory`), e.g. after FLUSHALL ASYNC.
+pub fn wait_lazy_free(conn: &mut Connection, timeout: Duration) {
+    wait_until(timeout, "lazy free done", || {
+        let memory: String = redis::cmd("INFO").arg("memory").query(conn).expect("INFO");
+        memory.contains("lazyfree_pending_objects:0")
+    });
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachetx_tests::nscache::{config_set, digest, get, namespaces, set, stats};
+use cachetx_tests::nscache::{config_set, digest, get, namespaces, set, stats, wait_lazy_free};
 use cachetx_tests::{wait_until, RedisServer};
 use redis::Connection;
 
@@ -320,13 +320,7 @@ fn forgetting_races_lazy_free_and_writes_and_counts_stay_exact() {
         .arg("ASYNC")
         .query(&mut conn)
         .expect("FLUSHALL");
-    wait_until(Duration::from_secs(30), "lazy free done", || {
-        let memory: String = redis::cmd("INFO")
-            .arg("memory")
-            .query(&mut conn)
-            .expect("INFO");
-        memory.contains("lazyfree_pending_objects:0")
-    });
+    wait_lazy_free(&mut conn, Duration::from_secs(30));
     for p in &prefixes {
         let reply: redis::Value = redis::cmd("NSCACHE.FORGET")
             .arg(p)
@@ -358,13 +352,7 @@ fn invalidate_after_flushall_async_counts_no_flushed_entry() {
     assert_eq!(replies[1], redis::Value::Int(0), "{replies:?}");
     // Entries written after the flush are counted, whenever the old ones are freed.
     set(&mut conn, "p", "k", 600, "v");
-    wait_until(Duration::from_secs(30), "lazy free done", || {
-        let memory: String = redis::cmd("INFO")
-            .arg("memory")
-            .query(&mut conn)
-            .expect("INFO");
-        memory.contains("lazyfree_pending_objects:0")
-    });
+    wait_lazy_free(&mut conn, Duration::from_secs(30));
     let invalidated: i64 = redis::cmd("NSCACHE.INVALIDATE")
         .arg("p")
         .query(&mut conn)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cachetx_tests::nscache::{
     alive, config_set, dbsize, digest, fill, get, namespaces, pexpiretime, rewrite_aof, set, stats,
-    used_memory,
+    used_memory, wait_lazy_free,
 };
 use cachetx_tests::{wait_until, RedisServer};
 use redis::{Connection, Value};
@@ -161,13 +161,7 @@ fn a_namespace_is_not_forgotten_while_its_entries_await_lazy_freeing() {
         }
     }
     set(&mut conn, "p", "k", 600, "v");
-    wait_until(Duration::from_secs(20), "lazy free done", || {
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query(&mut conn)
-            .expect("INFO");
-        info.contains("lazyfree_pending_objects:0")
-    });
+    wait_lazy_free(&mut conn, Duration::from_secs(20));
     let s = stats(&mut conn, "p");
     let usage: u64 = redis::cmd("MEMORY")
         .arg(&["USAGE", "p:{k}"])
