@@ -140,6 +140,29 @@ impl RawEnvelope<'_> {
 }
 
 #[cfg(test)]
+impl Envelope {
+    /// This envelope's fields as a [`RawEnvelope`] with the given payload and
+    /// headers texts (for tests that compare the two forms).
+    pub(crate) fn as_raw<'a>(
+        &'a self,
+        payload: &'a RawValue,
+        headers: &'a RawValue,
+    ) -> RawEnvelope<'a> {
+        RawEnvelope {
+            v: self.v,
+            id: self.id,
+            event_type: &self.event_type,
+            aggregate_type: self.aggregate_type.as_deref(),
+            aggregate_id: self.aggregate_id.as_deref(),
+            payload,
+            headers,
+            occurred_at: self.occurred_at,
+            txid: self.txid,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -149,17 +172,7 @@ mod tests {
         let e = sample();
         let payload = RawValue::from_string(r#"{"name":"Ada"}"#.to_string()).expect("json");
         let headers = RawValue::from_string("{}".to_string()).expect("json");
-        let raw = RawEnvelope {
-            v: e.v,
-            id: e.id,
-            event_type: &e.event_type,
-            aggregate_type: e.aggregate_type.as_deref(),
-            aggregate_id: e.aggregate_id.as_deref(),
-            payload: &payload,
-            headers: &headers,
-            occurred_at: e.occurred_at,
-            txid: e.txid,
-        };
+        let raw = e.as_raw(&payload, &headers);
         assert_eq!(raw.to_json(), e.to_json());
 
         let big = r#"{"m": 12345678901234567890123, "d": 0.1000000000000000055511151231257827, "n": 1e40, "z": -0}"#;

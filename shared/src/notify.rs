@@ -283,17 +283,7 @@ mod tests {
             let payload_text = serde_json::to_string(&e.payload).expect("json");
             let payload = serde_json::value::RawValue::from_string(payload_text).expect("json");
             let headers = serde_json::value::RawValue::from_string("{}".into()).expect("json");
-            let raw = RawEnvelope {
-                v: e.v,
-                id: e.id,
-                event_type: &e.event_type,
-                aggregate_type: e.aggregate_type.as_deref(),
-                aggregate_id: e.aggregate_id.as_deref(),
-                payload: &payload,
-                headers: &headers,
-                occurred_at: e.occurred_at,
-                txid: e.txid,
-            };
+            let raw = e.as_raw(&payload, &headers);
             assert_eq!(
                 NotifyPayload::encode_for_raw_envelope(&raw),
                 NotifyPayload::encode_for_envelope(&e),
