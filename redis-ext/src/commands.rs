@@ -221,15 +221,7 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         SetCondition::IfPresent => live,
     };
     if proceed {
-        let entry = Entry::new(
-            ns,
-            ns.generation(),
-            target.form,
-            value,
-            charge_for(target.stored.as_slice().len(), value.len()),
-        );
-        key.store(entry, Some(expire_at), occupied)?;
-        drop(key);
+        store_value(key, ns, &target, value, expire_at, occupied)?;
         // Another writer's value is in: a FETCH lease of this key no longer
         // describes what is stored (SPEC 2.4).
         if lease::any() {
@@ -251,6 +243,21 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     } else {
         RedisValue::Null
     })
+}
+
+/// Stores `value` at the open `key` as an entry of `ns`'s current generation,
+/// charged like every entry, and closes the key.
+fn store_value(
+    key: OpenKey,
+    ns: &'static Namespace,
+    target: &Target<'_>,
+    value: &[u8],
+    expire_at: i64,
+    occupied: bool,
+) -> CacheResult<()> {
+    let charged = charge_for(target.stored.as_slice().len(), value.len());
+    let entry = Entry::new(ns, ns.generation(), target.form, value, charged);
+    key.store(entry, Some(expire_at), occupied)
 }
 
 /// `NSCACHE.SET prefix key ttl value LEASE token`: writes only if `token` is
@@ -293,15 +300,7 @@ fn set_with_lease(
     };
     let written = match occupied {
         Some(occupied) if held => {
-            let entry = Entry::new(
-                ns,
-                ns.generation(),
-                target.form,
-                value,
-                charge_for(target.stored.as_slice().len(), value.len()),
-            );
-            key.store(entry, Some(expire_at), occupied)?;
-            drop(key);
+            store_value(key, ns, target, value, expire_at, occupied)?;
             // Replicas and the AOF get a plain SET (a replica knows no lease)
             // and this node's absolute expiry.
             replicate_plain_set(ctx, args);
