@@ -351,15 +351,7 @@ pub fn fetch(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     let outcome = if let Slot::Live(entry) = &found {
         let refresh = match (window, key.expire_ms()) {
             (Some(window), Some(left)) if left < window => {
-                let mut leases = lease::state()?;
-                let lease_key = leases.key(selected_db(ctx), target.stored.as_slice());
-                match leases.acquire(
-                    lease_key,
-                    ns.lease_owner(),
-                    now,
-                    lease_ms,
-                    config::max_leases(),
-                ) {
+                match acquire_lease(ctx, ns, &target.stored, now, lease_ms)? {
                     Acquire::Granted(token) => Some(token),
                     Acquire::Held { .. } => None,
                 }
@@ -390,24 +382,14 @@ pub fn fetch(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         if stale && may_reclaim(ctx) {
             sweeper::reclaim(ctx, &target.stored);
         }
-        let mut leases = lease::state()?;
-        let lease_key = leases.key(selected_db(ctx), target.stored.as_slice());
-        match leases.acquire(
-            lease_key,
-            ns.lease_owner(),
-            now,
-            lease_ms,
-            config::max_leases(),
-        ) {
+        match acquire_lease(ctx, ns, &target.stored, now, lease_ms)? {
             Acquire::Granted(token) => {
-                drop(leases);
                 raw::reply_with_array(ctx.ctx, 2);
                 raw::reply_with_simple_string(ctx.ctx, c"MISS".as_ptr());
                 reply_str(ctx, &lease::format_token(token));
                 Fetched::Miss
             }
             Acquire::Held { retry_ms } => {
-                drop(leases);
                 raw::reply_with_array(ctx.ctx, 2);
                 raw::reply_with_simple_string(ctx.ctx, c"WAIT".as_ptr());
                 raw::reply_with_long_long(ctx.ctx, retry_ms);
@@ -431,6 +413,26 @@ pub fn fetch(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     }
     stats.read_latency.record(elapsed_ns(started));
     Ok(RedisValue::NoReply)
+}
+
+/// Asks for the FETCH lease of `stored` in the selected database, for `ns`;
+/// the lease table is unlocked again on return.
+fn acquire_lease(
+    ctx: &Context,
+    ns: &Namespace,
+    stored: &RedisString,
+    now: i64,
+    lease_ms: i64,
+) -> CacheResult<Acquire> {
+    let mut leases = lease::state()?;
+    let lease_key = leases.key(selected_db(ctx), stored.as_slice());
+    Ok(leases.acquire(
+        lease_key,
+        ns.lease_owner(),
+        now,
+        lease_ms,
+        config::max_leases(),
+    ))
 }
 
 /// What a FETCH replied.
