@@ -67,38 +67,46 @@ mod module {
     /// say which database is flushed. (A module has one callback per event: a
     /// `#[flush_event_handler]` added later would replace this one.)
     fn subscribe_to_flushes(ctx: &Context) {
+        subscribe(
+            ctx,
+            redis_module::raw::REDISMODULE_EVENT_FLUSHDB,
+            on_flush,
+            "flush",
+        );
+        // SWAPDB sends no per-key events either.
+        subscribe(
+            ctx,
+            redis_module::raw::REDISMODULE_EVENT_SWAPDB,
+            on_swapdb,
+            "SWAPDB",
+        );
+    }
+
+    /// Subscribes `callback` to the server event `id`, with a warning in the log
+    /// (naming `what`) if Redis refuses.
+    fn subscribe(
+        ctx: &Context,
+        id: u64,
+        callback: unsafe extern "C" fn(
+            *mut redis_module::raw::RedisModuleCtx,
+            redis_module::raw::RedisModuleEvent,
+            u64,
+            *mut std::ffi::c_void,
+        ),
+        what: &str,
+    ) {
         // SAFETY: called from init with the module's context.
         let status = unsafe {
             redis_module::raw::RedisModule_SubscribeToServerEvent.map(|f| {
                 f(
                     ctx.ctx,
-                    redis_module::raw::RedisModuleEvent {
-                        id: redis_module::raw::REDISMODULE_EVENT_FLUSHDB,
-                        dataver: 1,
-                    },
-                    Some(on_flush),
+                    redis_module::raw::RedisModuleEvent { id, dataver: 1 },
+                    Some(callback),
                 )
             })
         };
         if status != Some(redis_module::raw::REDISMODULE_OK as i32) {
-            crate::log::warning("nscache: could not subscribe to flush events");
-        }
-        // SWAPDB sends no per-key events either.
-        // SAFETY: as above.
-        let status = unsafe {
-            redis_module::raw::RedisModule_SubscribeToServerEvent.map(|f| {
-                f(
-                    ctx.ctx,
-                    redis_module::raw::RedisModuleEvent {
-                        id: redis_module::raw::REDISMODULE_EVENT_SWAPDB,
-                        dataver: 1,
-                    },
-                    Some(on_swapdb),
-                )
-            })
-        };
-        if status != Some(redis_module::raw::REDISMODULE_OK as i32) {
-            crate::log::warning("nscache: could not subscribe to SWAPDB events");
+            crate::log::warning(&format!("nscache: could not subscribe to {what} events"));
         }
     }
 
