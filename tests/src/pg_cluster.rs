@@ -78,6 +78,8 @@ pub struct PgCluster {
     port: u16,
     /// Run server tools through `runuser -u postgres --` (we are root; Postgres refuses root).
     as_postgres: bool,
+    /// `shared_preload_libraries` (checked), for this server and its standbys.
+    preload: String,
     databases: AtomicU64,
 }
 
@@ -171,9 +173,10 @@ impl PgCluster {
             bindir,
             port: free_port(),
             as_postgres,
+            preload: preload.clone(),
             databases: AtomicU64::new(0),
         };
-        match cluster.init_and_start(owner, &preload) {
+        match cluster.init_and_start(owner) {
             Ok(()) => {
                 // SAFETY: registering a plain extern "C" fn; it never unwinds.
                 if unsafe { libc::atexit(stop_at_exit) } != 0 {
@@ -199,7 +202,7 @@ impl PgCluster {
         }
     }
 
-    fn init_and_start(&self, owner: Option<(u32, u32)>, preload: &str) -> Result<(), String> {
+    fn init_and_start(&self, owner: Option<(u32, u32)>) -> Result<(), String> {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&self.dir, Some(uid), Some(gid))
                 .map_err(|e| format!("chown {} to postgres: {e}", self.dir.display()))?;
@@ -225,14 +228,8 @@ impl PgCluster {
             return Err(describe("initdb", &out));
         }
 
-        let mut options = format!(
-            "-p {} -k {} -c listen_addresses='' -c fsync=off -c max_prepared_transactions=10",
-            self.port,
-            self.dir.display()
-        );
-        if !preload.is_empty() {
-            options.push_str(&format!(" -c shared_preload_libraries={preload}"));
-        }
+        let mut options = server_options(self.port, &self.dir, &self.preload);
+        options.push_str(" -c fsync=off");
         for setting in SERVER_SETTINGS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -248,36 +245,13 @@ impl PgCluster {
             }
             options.push_str(&format!(" -c {setting}"));
         }
-        // pg_ctl's output goes to a file, not a pipe: the postmaster it forks must not
-        // hold a pipe of ours open.
-        let out_path = self.dir.join(PG_CTL_OUT);
-        let out =
-            File::create(&out_path).map_err(|e| format!("create {}: {e}", out_path.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("clone file handle: {e}"))?;
-        let mut pg_ctl = self.tool("pg_ctl");
-        if SERVER_RUST_BACKTRACE.load(Ordering::SeqCst) {
-            pg_ctl.env("RUST_BACKTRACE", "1");
-        }
-        let status = pg_ctl
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-o")
-            .arg(&options)
-            .arg("-l")
-            .arg(self.dir.join(SERVER_LOG))
-            .args(["-w", "-t", "60", "start"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .status()
-            .map_err(|e| format!("run pg_ctl start: {e}"))?;
-        if !status.success() {
-            let said = fs::read_to_string(&out_path).unwrap_or_default();
-            return Err(format!("pg_ctl start failed ({status}):\n{said}"));
-        }
-        Ok(())
+        pg_ctl_start(
+            self.tool("pg_ctl"),
+            &self.dir,
+            &self.data,
+            &options,
+            SERVER_RUST_BACKTRACE.load(Ordering::SeqCst),
+        )
     }
 
     /// A server tool from the bin dir, run as `postgres` when we are root, in the cluster
@@ -462,32 +436,19 @@ impl PgCluster {
         if !out.status.success() {
             return Err(describe("pg_basebackup", &out));
         }
-        let preload = std::env::var("TXEVENTS_PRELOAD").unwrap_or_else(|_| "txevents".to_owned());
-        let mut options = format!(
-            "-p {} -k {} -c listen_addresses='' -c hot_standby=on -c max_prepared_transactions=10",
-            standby.port,
-            standby.dir.display()
-        );
-        if !preload.is_empty() {
-            options.push_str(&format!(" -c shared_preload_libraries={preload}"));
-        }
-        let out = tool(&self.bindir, self.as_postgres, "pg_ctl", &standby.dir)
-            .arg("-D")
-            .arg(&standby.data)
-            .arg("-o")
-            .arg(&options)
-            .arg("-l")
-            .arg(standby.dir.join(SERVER_LOG))
-            .args(["-w", "-t", "60", "start"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|e| format!("run pg_ctl start: {e}"))?;
-        if !out.success() {
+        let mut options = server_options(standby.port, &standby.dir, &self.preload);
+        options.push_str(" -c hot_standby=on");
+        pg_ctl_start(
+            tool(&self.bindir, self.as_postgres, "pg_ctl", &standby.dir),
+            &standby.dir,
+            &standby.data,
+            &options,
+            false,
+        )
+        .map_err(|why| {
             let log = fs::read_to_string(standby.dir.join(SERVER_LOG)).unwrap_or_default();
-            return Err(format!("standby did not start ({out}):\n{log}"));
-        }
+            format!("standby did not start: {why}\n{log}")
+        })?;
         Ok(standby)
     }
 }
@@ -520,6 +481,58 @@ impl Drop for PgStandby {
         }
         tempdir::remove_dir(&self.dir);
     }
+}
+
+/// The `pg_ctl -o` options every server of the harness starts with: its port, its
+/// socket directory, no TCP, prepared transactions for the 2PC tests, the preload.
+fn server_options(port: u16, dir: &Path, preload: &str) -> String {
+    let mut options = format!(
+        "-p {port} -k {} -c listen_addresses='' -c max_prepared_transactions=10",
+        dir.display()
+    );
+    if !preload.is_empty() {
+        options.push_str(&format!(" -c shared_preload_libraries={preload}"));
+    }
+    options
+}
+
+/// `pg_ctl start` of the server in `data` (log in `dir`), waiting until it accepts
+/// connections; `rust_backtrace` sets RUST_BACKTRACE for the server (pg_errors).
+fn pg_ctl_start(
+    mut pg_ctl: Command,
+    dir: &Path,
+    data: &Path,
+    options: &str,
+    rust_backtrace: bool,
+) -> Result<(), String> {
+    // pg_ctl's output goes to a file, not a pipe: the postmaster it forks must not
+    // hold a pipe of ours open.
+    let out_path = dir.join(PG_CTL_OUT);
+    let out = File::create(&out_path).map_err(|e| format!("create {}: {e}", out_path.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("clone file handle: {e}"))?;
+    if rust_backtrace {
+        pg_ctl.env("RUST_BACKTRACE", "1");
+    }
+    let status = pg_ctl
+        .arg("-D")
+        .arg(data)
+        .arg("-o")
+        .arg(options)
+        .arg("-l")
+        .arg(dir.join(SERVER_LOG))
+        .args(["-w", "-t", "60", "start"])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .map_err(|e| format!("run pg_ctl start: {e}"))?;
+    if !status.success() {
+        let said = fs::read_to_string(&out_path).unwrap_or_default();
+        return Err(format!("pg_ctl start failed ({status}):\n{said}"));
+    }
+    Ok(())
 }
 
 fn tool(bindir: &Path, as_postgres: bool, name: &str, cwd: &Path) -> Command {
