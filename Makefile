@@ -23,14 +23,14 @@ pg_config_of = $(if $(filter 15,$(1)),$(PG_DEBIAN_CONFIG),$(PG_CACHE)/$(1)/bin/p
 # An explicit PG_CONFIG (environment or command line) overrides it for one major.
 PG_CONFIG ?= $(call pg_config_of,$(PG))
 PGRX_VERSION := $(shell sed -n 's/^pgrx = "=\(.*\)"/\1/p' Cargo.toml)
-DEB_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config redis-server redis-tools python3-pip
+DEB_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config redis-server redis-tools python3-pip python3-venv
 NSCACHE_MODULE := $(CURDIR)/target/release/libnscache.so
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PGRX_SUDO := $(if $(filter 0,$(shell id -u)),,--sudo)
 
 export NSCACHE_MODULE
 
-.PHONY: help deps build build/redis build/pg build/pg-all test test/unit test/integration test/redis test/pg test/pg-matrix test/pg-all lint demo bench bench-redis bench-pg clean
+.PHONY: help deps build build/redis build/pg build/pg-all test test/unit test/integration test/redis test/pg test/pg-matrix test/pg-all test/python lint demo bench bench-redis bench-pg clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -62,7 +62,7 @@ build/pg: ## Install txevents into one PostgreSQL: PG=15 (default, Debian), 16, 
 build/pg-all: deps ## Install txevents into PostgreSQL 15, 16, 17 and 18
 	@$(foreach v,$(PG_ALL),$(MAKE) --no-print-directory build/pg PG=$(v) PG_CONFIG=$(call pg_config_of,$(v)) &&) true
 
-test: build lint test/unit test/integration test/pg-matrix ## deps + build + lint + unit tests + integration tests against real servers (Postgres: 15 and 18)
+test: build lint test/unit test/integration test/python test/pg-matrix ## deps + build + lint + unit tests + integration tests against real servers (Postgres: 15 and 18)
 
 test/unit: ## Unit tests of the pure logic (shared crate, module and extension logic)
 	cargo test -p cachetx-shared -p nscache -p txevents
@@ -82,6 +82,24 @@ test/pg-matrix: ## Postgres integration tests on the majors other than 15 that `
 
 test/pg-all: ## Postgres integration tests on PostgreSQL 15, 16, 17 and 18, one after the other
 	@$(foreach v,$(PG_ALL),$(MAKE) --no-print-directory test/pg PG=$(v) PG_CONFIG=$(call pg_config_of,$(v)) &&) true
+
+# The Python client's virtualenv (git-ignored). Its stamp depends on the pins and on
+# pyproject.toml, so the packages are reinstalled only when one of them changed.
+PYTHON ?= python3
+PY_DIR := clients/python
+PY_VENV := $(PY_DIR)/.venv
+PY_STAMP := $(PY_VENV)/.installed
+
+$(PY_STAMP): $(PY_DIR)/requirements-test.txt $(PY_DIR)/pyproject.toml
+	@test -x $(PY_VENV)/bin/python || $(PYTHON) -m venv $(PY_VENV)
+	$(PY_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(PY_DIR)/requirements-test.txt
+	$(PY_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e $(PY_DIR)
+	@touch $@
+
+test/python: $(PY_STAMP) ## Python client (clients/python): ruff, mypy --strict, pytest against real servers, in a pinned venv
+	cd $(PY_DIR) && .venv/bin/ruff check src tests && .venv/bin/ruff format --check src tests
+	cd $(PY_DIR) && .venv/bin/mypy src
+	cd $(PY_DIR) && .venv/bin/python -m pytest -q
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check

@@ -1,0 +1,59 @@
+"""``python -m cachetx worker module:attribute``: run an EventBus until SIGTERM/SIGINT.
+
+The module is imported with the current directory on ``sys.path`` (as uvicorn and arq
+do); the attribute must be an :class:`~cachetx.EventBus`. SIGTERM and SIGINT finish the
+batch in hand and exit with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+
+from .bus import EventBus
+from .errors import WorkerConfigError
+
+
+def load_bus(path: str) -> EventBus:
+    """Import ``module:attribute`` (the attribute may be dotted) and check it is an EventBus."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise WorkerConfigError(f"expected module:attribute, got {path!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj: object = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise WorkerConfigError(f"{module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(obj, EventBus):
+        raise WorkerConfigError(f"{path} is a {type(obj).__qualname__}, not a cachetx.EventBus")
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m cachetx")
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("worker", help="consume an EventBus's consumer group")
+    worker.add_argument("bus", help="module:attribute of the EventBus, e.g. app:event_bus")
+    worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        bus = load_bus(args.bus)
+    except WorkerConfigError as exc:
+        parser.error(str(exc))
+    asyncio.run(bus.run(handle_signals=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

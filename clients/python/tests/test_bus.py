@@ -1,0 +1,188 @@
+"""EventBus against a real txevents consumer group: retries with backoff, dead letters,
+LISTEN wake-up, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from domain import ProcessStatusUpdated
+from sqlalchemy.ext.asyncio import AsyncSession
+from support import Database, run_until
+
+from cachetx import (
+    EventBus,
+    EventError,
+    SqlAlchemyUnitOfWork,
+    TransactionManager,
+    WorkerConfigError,
+    current_delivery,
+)
+
+
+@dataclass
+class Flaky:
+    n: int
+
+
+async def emit(session: AsyncSession, *events: object) -> None:
+    manager = TransactionManager(SqlAlchemyUnitOfWork(session))
+
+    @manager.transactional
+    async def publish() -> None:
+        for event in events:
+            manager.add_event(event)
+
+    await publish()
+
+
+async def test_a_handler_that_fails_twice_is_retried_with_backoff_then_acked(
+    session: AsyncSession, db: Database
+) -> None:
+    bus = EventBus(
+        db.plain_url,
+        group="flaky",
+        max_attempts=5,
+        backoff_base=timedelta(milliseconds=400),
+        poll_interval=timedelta(milliseconds=20),
+    )
+    seen: list[tuple[int, float, Flaky]] = []
+
+    @bus.subscribe(Flaky)
+    async def handle(event: Flaky) -> None:
+        delivery = current_delivery()
+        assert delivery is not None
+        seen.append((delivery.attempt, time.monotonic(), event))
+        if delivery.attempt < 3:
+            raise ConnectionError(f"attempt {delivery.attempt} failed")
+
+    await bus.ensure_group()
+    await emit(session, Flaky(n=1))
+    await run_until(bus, lambda: len(seen) == 3)
+
+    assert [attempt for attempt, _, _ in seen] == [1, 2, 3]
+    assert all(event == Flaky(n=1) for _, _, event in seen)
+    # The group's equal-jitter backoff: after attempt n the delay is at least half of
+    # base * 2^(n-1), i.e. 200 ms then 400 ms.
+    assert seen[1][1] - seen[0][1] >= 0.2
+    assert seen[2][1] - seen[1][1] >= 0.4
+    # Acked: nothing left to deliver, nothing dead, the claim is gone.
+    assert db.query("SELECT count(*) FROM txevents.dead_letters") == [(0,)]
+    assert db.query("SELECT count(*) FROM txevents.retries") == [(0,)]
+    assert db.query("SELECT count(*) FROM txevents.claims") == [(0,)]
+    await asyncio.sleep(1)  # longer than any backoff: a retry would be due by now
+    assert db.query("SELECT id FROM txevents.poll('flaky', 10)") == []
+
+
+async def test_a_handler_that_always_fails_ends_in_the_dead_letters(
+    session: AsyncSession, db: Database
+) -> None:
+    bus = EventBus(
+        db.plain_url,
+        group="broken",
+        max_attempts=3,
+        backoff_base=timedelta(milliseconds=50),
+        poll_interval=timedelta(milliseconds=20),
+    )
+    attempts: list[int] = []
+
+    @bus.subscribe(Flaky)
+    async def handle(event: Flaky) -> None:
+        delivery = current_delivery()
+        assert delivery is not None
+        attempts.append(delivery.attempt)
+        raise ValueError(f"cannot handle {event.n}")
+
+    await bus.ensure_group()
+    await emit(session, Flaky(n=9))
+
+    def dead() -> list[tuple[object, ...]]:
+        return db.query(
+            "SELECT consumer, event_type, payload, attempts, last_error FROM txevents.dead_letters"
+        )
+
+    await run_until(bus, lambda: bool(dead()))
+    assert dead() == [("broken", "Flaky", {"n": 9}, 3, "ValueError: cannot handle 9")]
+    assert attempts == [1, 2, 3]
+    assert db.query("SELECT count(*) FROM txevents.retries") == [(0,)]
+
+
+async def test_the_worker_is_woken_by_listen(session: AsyncSession, db: Database) -> None:
+    # Polling alone would take a minute; a NOTIFY after the commit wakes the worker.
+    bus = EventBus(db.plain_url, group="listen", poll_interval=timedelta(seconds=60))
+    received: list[ProcessStatusUpdated] = []
+    got_one = asyncio.Event()
+
+    @bus.subscribe(ProcessStatusUpdated)
+    async def handle(event: ProcessStatusUpdated) -> None:
+        received.append(event)
+        got_one.set()
+
+    await bus.ensure_group()
+    task = asyncio.create_task(bus.run())
+    try:
+        await asyncio.sleep(1)  # the worker polled (nothing) and now sleeps
+        assert received == []
+        await emit(session, ProcessStatusUpdated(process_id="p", new_status="open"))
+        await asyncio.wait_for(got_one.wait(), 15)
+    finally:
+        bus.stop()
+        await asyncio.wait_for(task, 20)
+    assert received == [ProcessStatusUpdated(process_id="p", new_status="open")]
+    assert isinstance(received[0], ProcessStatusUpdated)
+
+
+async def test_cancelling_the_worker_releases_the_batch_in_hand(
+    session: AsyncSession, db: Database
+) -> None:
+    bus = EventBus(db.plain_url, group="cancel", lease=timedelta(minutes=10), batch_size=10)
+    started = asyncio.Event()
+
+    @bus.subscribe(Flaky)
+    async def handle(event: Flaky) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    await bus.ensure_group()
+    await emit(session, *(Flaky(n=i) for i in range(3)))
+    task = asyncio.create_task(bus.run())
+    await asyncio.wait_for(started.wait(), 15)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Released at once (not after the 10 minute lease): another worker gets all three.
+    rows = db.query("SELECT payload, attempt FROM txevents.poll('cancel', 10)")
+    assert sorted(row[0]["n"] for row in rows) == [0, 1, 2]  # type: ignore[index]
+    assert {row[1] for row in rows} == {2}
+
+
+async def test_subscribe_refuses_non_event_classes_and_bad_settings(db: Database) -> None:
+    bus = EventBus(db.plain_url, group="g")
+    with pytest.raises(EventError):
+        bus.subscribe(dict)
+    with pytest.raises(WorkerConfigError):
+        await bus.ensure_group()  # no subscriber
+    for kwargs in [{"group": ""}, {"group": "x" * 64}, {"group": "g", "batch_size": 0}]:
+        with pytest.raises(WorkerConfigError):
+            EventBus(db.plain_url, **kwargs)  # type: ignore[arg-type]
+    await bus.close()
+
+
+async def test_an_undecodable_payload_is_nacked_with_the_reason(
+    session: AsyncSession, db: Database
+) -> None:
+    bus = EventBus(db.plain_url, group="decode", max_attempts=1)
+
+    @bus.subscribe(Flaky)
+    async def handle(event: Flaky) -> None:
+        raise AssertionError("not reached")
+
+    await bus.ensure_group()
+    db.query("SELECT txevents.emit('Flaky', '{\"m\": 1}')")
+    assert await bus.run_once() == 1
+    [(error,)] = db.query("SELECT last_error FROM txevents.dead_letters")
+    assert isinstance(error, str) and error.startswith("EventError: cannot decode Flaky")
+    await bus.close()

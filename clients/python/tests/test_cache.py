@@ -1,0 +1,308 @@
+"""CacheService against a real redis-server with the nscache module."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pydantic
+import pytest
+import redis.asyncio as aioredis
+from servers import RedisServer
+
+from cachetx import (
+    CacheKeyError,
+    CacheService,
+    CacheStats,
+    InvalidExpireError,
+    InvalidPrefixError,
+    LatencySummary,
+)
+from cachetx.keys import default_key
+
+
+async def test_set_get_delete_roundtrip_a_dict(cache: CacheService) -> None:
+    data = {"id": "123", "status": "open", "steps": [1, 2, {"n": "ü"}], "score": 0.5}
+    assert await cache.set(key="process:123", value=data, expire=timedelta(hours=1))
+    assert await cache.get("process:123") == data
+    ttl = await cache.ttl("process:123")
+    assert ttl is not None and 3590 <= ttl <= 3600
+    assert await cache.delete("process:123") == 1
+    assert await cache.get("process:123") is None
+    assert await cache.ttl("process:123") is None
+
+
+async def test_get_of_a_missing_key_is_none_and_counts_a_miss(cache: CacheService) -> None:
+    assert await cache.get("nothing") is None
+    stats = await cache.stats()
+    assert (stats.misses, stats.hits) == (1, 0)
+
+
+async def test_values_are_stored_as_json_in_the_namespace(
+    cache: CacheService, redis_client: aioredis.Redis
+) -> None:
+    await cache.set("k", {"a": [1, None, True]}, expire=60)
+    raw = await redis_client.execute_command("NSCACHE.GET", cache.prefix, "k")
+    assert raw == b'{"a":[1,null,true]}'
+
+
+async def test_fractional_expire_rounds_up(cache: CacheService) -> None:
+    await cache.set("k", 1, expire=timedelta(milliseconds=1500))
+    assert await cache.ttl("k") == 2
+
+
+def test_bad_prefix_and_bad_expire_are_typed_errors(redis_client: aioredis.Redis) -> None:
+    for bad in ["", "has space", "x" * 65, "a:b"]:
+        with pytest.raises(InvalidPrefixError):
+            CacheService(redis_client, prefix=bad)
+    service = CacheService(redis_client, prefix="ok")
+    for expire in [0, -1, timedelta(0), timedelta(seconds=-5), float("nan"), True, "10"]:
+        with pytest.raises(InvalidExpireError):
+            service.cached(expire=expire)  # type: ignore[arg-type]
+    with pytest.raises(InvalidExpireError):
+        service.cached(expire=timedelta(seconds=10), refresh=timedelta(seconds=10))
+
+
+async def test_invalidate_drops_the_whole_namespace_only(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    cache = CacheService(redis_client, prefix=prefix)
+    other = CacheService(redis_client, prefix=prefix + "x")
+    for i in range(3):
+        await cache.set(f"k{i}", i, expire=60)
+    await other.set("k0", "kept", expire=60)
+    assert await cache.invalidate() == 3
+    assert [await cache.get(f"k{i}") for i in range(3)] == [None, None, None]
+    assert await other.get("k0") == "kept"
+    assert (await cache.stats()).invalidations == 1
+
+
+async def test_stats_is_the_typed_server_report(cache: CacheService) -> None:
+    await cache.set("a", {"x": 1}, expire=60)
+    await cache.get("a")
+    await cache.get("a")
+    await cache.get("b")
+    await cache.delete("a")
+    stats = await cache.stats()
+    assert isinstance(stats, CacheStats)
+    assert stats.prefix == cache.prefix
+    assert (stats.hits, stats.misses, stats.sets, stats.deletes) == (2, 1, 1, 1)
+    assert stats.hit_ratio == pytest.approx(2 / 3)
+    assert stats.entries == 0
+    assert isinstance(stats.read_latency_us, LatencySummary)
+    assert stats.read_latency_us.max >= 1
+
+
+async def test_cached_runs_once_for_100_concurrent_callers_of_a_cold_key(
+    cache: CacheService,
+) -> None:
+    calls = 0
+
+    @cache.cached(expire=timedelta(minutes=30))
+    async def load(candidate_id: str) -> dict[str, str]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.3)  # long enough for every caller to arrive meanwhile
+        return {"id": candidate_id, "name": "Ada"}
+
+    results = await asyncio.gather(*(load("42") for _ in range(100)))
+    assert calls == 1
+    assert results == [{"id": "42", "name": "Ada"}] * 100
+    stats = await cache.stats()
+    # One lease granted through NSCACHE.FETCH; the other callers were told to WAIT.
+    assert stats.leases == 1
+    assert stats.lease_waits >= 1
+    assert stats.sets == 1
+
+
+async def test_cached_hits_after_the_first_call_and_keys_by_arguments(
+    cache: CacheService,
+) -> None:
+    calls: list[tuple[int, str]] = []
+
+    @cache.cached(expire=timedelta(minutes=1))
+    async def load(x: int, kind: str = "a") -> list[object]:
+        calls.append((x, kind))
+        return [x, kind]
+
+    assert await load(1) == [1, "a"]
+    assert await load(x=1) == [1, "a"]  # same bound arguments, same entry
+    assert await load(1, "a") == [1, "a"]
+    assert await load(2) == [2, "a"]
+    assert calls == [(1, "a"), (2, "a")]
+    # The documented key: <module>.<qualname>:<JSON array of the bound arguments>.
+    name = f"{__name__}.test_cached_hits_after_the_first_call_and_keys_by_arguments.<locals>.load"
+    assert default_key(load.__wrapped__, (1,), {}) == f'{name}:[1,"a"]'  # type: ignore[attr-defined]
+    assert await cache.get(f'{name}:[1,"a"]') == [1, "a"]
+
+
+def test_default_key_hashes_long_or_braced_arguments() -> None:
+    async def f(arg: object) -> None:
+        return None
+
+    key = default_key(f, ({"a": 1},), {})
+    assert key.startswith(f"{f.__module__}.{f.__qualname__}:sha256:")
+    assert len(key.rsplit(":", 1)[1]) == 64
+    assert default_key(f, ("x" * 300,), {}) != default_key(f, ("y" * 300,), {})
+
+    with pytest.raises(CacheKeyError):
+        default_key(f, (object(),), {})
+
+
+async def test_cached_key_callable_overrides_the_default(cache: CacheService) -> None:
+    @cache.cached(expire=60, key=lambda candidate_id: f"candidate:{candidate_id}")
+    async def load(candidate_id: str) -> str:
+        return f"profile {candidate_id}"
+
+    assert await load("7") == "profile 7"
+    assert await cache.get("candidate:7") == "profile 7"
+
+
+async def test_a_write_back_after_an_invalidation_is_refused(cache: CacheService) -> None:
+    """The stale set: a value computed before an invalidation is not cached."""
+    calls = 0
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @cache.cached(expire=60)
+    async def load() -> int:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        return calls
+
+    first = asyncio.create_task(load())
+    await started.wait()
+    await cache.invalidate()  # e.g. a committed transaction changed the data meanwhile
+    release.set()
+    assert await first == 1  # the caller still gets what it computed...
+    assert (await cache.stats()).stale_sets_rejected == 1
+    assert await cache.get(default_key(load.__wrapped__, (), {})) is None  # type: ignore[attr-defined]
+    assert await load() == 2  # ...but it was not cached: the next call recomputes
+
+
+async def test_early_refresh_serves_the_old_value_and_recomputes_in_background(
+    cache: CacheService,
+) -> None:
+    version = 0
+
+    @cache.cached(expire=timedelta(seconds=3), refresh=timedelta(milliseconds=2500))
+    async def load() -> int:
+        nonlocal version
+        version += 1
+        return version
+
+    assert await load() == 1
+    assert await load() == 1  # more than 2.5 s left: a plain hit
+    assert version == 1
+    await asyncio.sleep(0.8)  # now inside the refresh window
+    assert await load() == 1  # REFRESH: the cached value at once...
+    await cache.drain()  # ...while the recomputation runs in the background
+    assert version == 2
+    assert await load() == 2
+    stats = await cache.stats()
+    assert stats.refreshes == 1
+    assert stats.misses == 1  # the key never missed after the first call
+
+
+async def test_a_failing_loader_voids_its_lease_so_a_waiter_takes_over(
+    cache: CacheService,
+) -> None:
+    attempts = 0
+    first_started = asyncio.Event()
+
+    @cache.cached(expire=60, lease=timedelta(seconds=60))
+    async def load() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            first_started.set()
+            await asyncio.sleep(0.2)
+            raise RuntimeError("backend down")
+        return "ok"
+
+    failing = asyncio.create_task(load())
+    await first_started.wait()
+    waiter = asyncio.create_task(load())
+    with pytest.raises(RuntimeError, match="backend down"):
+        await failing
+    # Without voiding the lease the waiter would wait the lease's 60 s out.
+    assert await asyncio.wait_for(waiter, timeout=10) == "ok"
+    assert attempts == 2
+
+
+class Model(pydantic.BaseModel):
+    id: int
+
+
+@dataclass
+class Profile:
+    id: str
+    skills: list[str]
+
+
+async def test_cached_rebuilds_the_annotated_return_class(cache: CacheService) -> None:
+    @cache.cached(expire=60)
+    async def load(candidate_id: str) -> Profile:
+        return Profile(id=candidate_id, skills=["rust"])
+
+    assert await load("1") == Profile("1", ["rust"])
+    hit = await load("1")
+    assert isinstance(hit, Profile) and hit == Profile("1", ["rust"])
+
+    async def load_model(n: int) -> Model:
+        return Model(id=n)
+
+    cached_model = cache.cached(expire=60)(load_model)
+    assert await cached_model(3) == Model(id=3)
+    assert await cached_model(3) == Model(id=3)
+    assert await cache.get(default_key(load_model, (3,), {})) == {"id": 3}
+
+
+async def test_cached_falls_back_to_get_set_without_fetch(
+    redis_server: RedisServer, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    # A user denied NSCACHE.FETCH stands for a server without it.
+    await redis_client.execute_command(
+        "ACL", "SETUSER", "nofetch", "on", "nopass", "+@all", "-nscache.fetch", "~*", "&*"
+    )
+    client = aioredis.Redis(port=redis_server.port, username="nofetch", password="x")
+    try:
+        cache = CacheService(client, prefix=prefix)
+        calls = 0
+
+        @cache.cached(expire=60)
+        async def load() -> dict[str, int]:
+            nonlocal calls
+            calls += 1
+            return {"n": calls}
+
+        assert await load() == {"n": 1}
+        assert await load() == {"n": 1}
+        assert calls == 1
+        stats = await cache.stats()
+        assert (stats.leases, stats.sets, stats.hits) == (0, 1, 1)
+    finally:
+        await client.aclose()
+
+
+async def test_a_client_that_decodes_responses_works_too(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    client = aioredis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        cache = CacheService(client, prefix=prefix)
+        await cache.set("k", {"a": "é"}, expire=60)
+        assert await cache.get("k") == {"a": "é"}
+
+        @cache.cached(expire=60)
+        async def load() -> list[int]:
+            return [1, 2]
+
+        assert await load() == [1, 2]
+        assert await load() == [1, 2]
+        assert (await cache.stats()).leases == 1
+    finally:
+        await client.aclose()
