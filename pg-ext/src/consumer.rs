@@ -26,6 +26,8 @@ use pgrx::spi::SpiClient;
 use crate::backoff;
 use crate::error::{TxEventsError, TxResult};
 use crate::jsonb::RawJsonb;
+use crate::metrics::count;
+use crate::metrics_store::EventCounter;
 use crate::plans;
 use crate::poll_range::{self, Position, Read};
 use crate::snapshot::Snapshot;
@@ -332,6 +334,7 @@ fn dead_letter(
             error.into(),
         ],
     )?;
+    count(EventCounter::DeadLettered, ids.len() as u64);
     Ok(())
 }
 
@@ -662,7 +665,9 @@ fn ack(consumer: Option<&str>, ids: Option<Vec<Option<i64>>>) -> TxResult<i64> {
             )?
             .first()
             .get_one()?;
-        required(acked, "acked count")
+        let acked = required(acked, "acked count")?;
+        count(EventCounter::Acked, u64::try_from(acked).unwrap_or(0));
+        Ok(acked)
     })
 }
 
@@ -771,6 +776,7 @@ fn nack(
                 error.into(),
             ],
         )?;
+        count(EventCounter::Retried, 1);
         Ok(true)
     })
 }
@@ -806,7 +812,9 @@ fn txevents_redrive(
                 )?
                 .first()
                 .get_one()?;
-            required(n, "row count")
+            let n = required(n, "row count")?;
+            count(EventCounter::Redriven, u64::try_from(n).unwrap_or(0));
+            Ok(n)
         })
     };
     run().unwrap_or_else(|e| e.raise())

@@ -11,6 +11,7 @@ use pgrx::JsonB;
 use crate::error::{TxEventsError, TxResult};
 use crate::guc::{self, NotifyMode};
 use crate::jsonb::{self, RawJsonb};
+use crate::metrics_store::EventCounter;
 use crate::{notify, outbox, validate};
 
 /// Emits one event in the current transaction and returns its id.
@@ -113,6 +114,7 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
         headers,
         occurred_at: now,
     })?;
+    crate::metrics::count(EventCounter::Emitted, 1);
     if let Some(channel) = channel {
         // The stored jsonb's own text, spliced in verbatim: the notification carries
         // every number exactly as txevents.get(id) returns it (SPEC 3.2).

@@ -75,6 +75,9 @@ pub enum TxEventsError {
     /// `capture` of something that is not an ordinary or partitioned table.
     #[error("\"{0}\" is not a table")]
     NotATable(String),
+    /// A metrics function was called but the library was not preloaded.
+    #[error("metrics need the extension's shared memory: add txevents to shared_preload_libraries (postgresql.conf) and restart PostgreSQL")]
+    NotPreloaded,
     /// An SPI call failed in a way that is a bug, not user input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -104,6 +107,7 @@ impl TxEventsError {
             }
             TxEventsError::NotATable(_) => PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             TxEventsError::UndefinedTable(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            TxEventsError::NotPreloaded => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             TxEventsError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }

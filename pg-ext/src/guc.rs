@@ -11,6 +11,10 @@ pub static CHANNEL: GucSetting<Option<CString>> =
 /// `txevents.notify`: when to NOTIFY.
 pub static NOTIFY: GucSetting<NotifyMode> = GucSetting::<NotifyMode>::new(NotifyMode::Commit);
 
+/// `txevents.metrics_databases`: databases the shared-memory metrics keep apart (read
+/// at server start; SPEC 3.4).
+pub static METRICS_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(64);
+
 /// How committed events are announced (SPEC 3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, pgrx::PostgresGucEnum)]
 pub enum NotifyMode {
@@ -40,6 +44,27 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+}
+
+/// Registers `txevents.metrics_databases`. Only while the library is preloaded:
+/// Postgres refuses to create a server-start setting later (FATAL).
+pub fn register_preload() {
+    GucRegistry::define_int_guc(
+        c"txevents.metrics_databases",
+        c"Databases whose transaction metrics are kept in shared memory.",
+        c"Sizes the shared memory of txevents.metrics at server start (about 12 kB per \
+database); transactions of further databases are not counted.",
+        &METRICS_DATABASES,
+        1,
+        100_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+/// `txevents.metrics_databases` as a count of slots.
+pub fn metrics_databases() -> usize {
+    usize::try_from(METRICS_DATABASES.get()).unwrap_or(1).max(1)
 }
 
 /// The channel in force, or an error when it is unset or empty.

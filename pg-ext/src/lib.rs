@@ -1,10 +1,12 @@
 //! txevents: transactional domain events for Postgres (SPEC 3).
 //!
 //! Plain Rust (unit-tested without a server): `validate`, `backoff`, `snapshot`,
-//! `poll_range` (where a poll reads next).
+//! `poll_range` (where a poll reads next), `histogram`, `sqlstate`, `metrics_store`
+//! (the metrics' shared-memory layout), `tally` (a transaction's event counts).
 //! The pgrx layer: `emit` (emit, invalidate, get), `outbox` (emit's direct insert with
 //! the executor's index maintenance), `consumer` (groups, poll, ack, nack, dead
-//! letters, prune), `capture`, `notify` (post-commit and 2PC NOTIFY), `jsonb`, `guc`.
+//! letters, prune), `capture`, `notify` (post-commit and 2PC NOTIFY), `metrics` (shared
+//! memory, transaction callbacks, `emit_log_hook`, the metric functions), `jsonb`, `guc`.
 
 use pgrx::prelude::*;
 
@@ -14,12 +16,17 @@ mod consumer;
 mod emit;
 mod error;
 mod guc;
+mod histogram;
 mod jsonb;
+mod metrics;
+mod metrics_store;
 mod notify;
 mod outbox;
 mod plans;
 mod poll_range;
 mod snapshot;
+mod sqlstate;
+mod tally;
 mod validate;
 
 pgrx::pg_module_magic!();
@@ -38,12 +45,13 @@ pub(crate) fn require_writable(function: &std::ffi::CStr) {
 }
 
 /// Registers the extension's settings, transaction callbacks and utility hook when the
-/// library loads.
+/// library loads, and the metrics' shared memory and hooks when it is preloaded.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     disable_rust_backtraces();
     guc::register();
     notify::register();
+    metrics::register();
 }
 
 /// Keeps Rust backtraces out of error messages.

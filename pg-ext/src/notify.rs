@@ -26,6 +26,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::error::{TxEventsError, TxResult};
+use crate::metrics_store::EventCounter;
 
 extern "C-unwind" {
     // Not in pgrx's bindings; declared in commands/async.h of every supported major.
@@ -109,6 +110,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             for n in &pending {
                 send(&n.channel, &n.payload);
             }
+            crate::metrics::count(EventCounter::Published, pending.len() as u64);
         }
         pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
             let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
@@ -338,6 +340,7 @@ fn publish_prepared(gid: &str) -> TxResult<()> {
             let payload = CString::new(payload)
                 .map_err(|_| TxEventsError::Internal("stored payload holds a NUL byte".into()))?;
             send(&channel, &payload);
+            crate::metrics::count(EventCounter::Published, 1);
         }
     }
     Ok(())

@@ -80,6 +80,10 @@ pub struct PgCluster {
     as_postgres: bool,
     /// `shared_preload_libraries` (checked), for this server and its standbys.
     preload: String,
+    /// Extra `name=value` settings (checked), kept for [`PgCluster::restart`].
+    settings: Vec<String>,
+    /// Whether the server runs with `RUST_BACKTRACE=1`.
+    rust_backtrace: bool,
     databases: AtomicU64,
 }
 
@@ -145,6 +149,23 @@ fn bindir() -> Result<PathBuf, String> {
 
 impl PgCluster {
     fn boot() -> Result<PgCluster, String> {
+        let preload = std::env::var("TXEVENTS_PRELOAD").unwrap_or_else(|_| "txevents".to_owned());
+        let settings = SERVER_SETTINGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        PgCluster::start(
+            preload,
+            settings,
+            SERVER_RUST_BACKTRACE.load(Ordering::SeqCst),
+        )
+    }
+
+    fn start(
+        preload: String,
+        settings: Vec<String>,
+        rust_backtrace: bool,
+    ) -> Result<PgCluster, String> {
         let bindir = bindir()?;
         // SAFETY: geteuid cannot fail.
         let as_postgres = unsafe { libc::geteuid() } == 0;
@@ -156,7 +177,6 @@ impl PgCluster {
 
         reap_stale_clusters(&bindir, as_postgres);
 
-        let preload = std::env::var("TXEVENTS_PRELOAD").unwrap_or_else(|_| "txevents".to_owned());
         if !preload
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_,.-".contains(c))
@@ -174,14 +194,20 @@ impl PgCluster {
             port: free_port(),
             as_postgres,
             preload: preload.clone(),
+            settings,
+            rust_backtrace,
             databases: AtomicU64::new(0),
         };
         match cluster.init_and_start(owner) {
             Ok(()) => {
-                // SAFETY: registering a plain extern "C" fn; it never unwinds.
-                if unsafe { libc::atexit(stop_at_exit) } != 0 {
-                    eprintln!("cachetx-tests: atexit registration failed; Postgres will outlive this process");
-                }
+                // SAFETY: registering a plain extern "C" fn; it never unwinds. Once per
+                // process: the handler stops the process-wide cluster only.
+                static ATEXIT: std::sync::Once = std::sync::Once::new();
+                ATEXIT.call_once(|| {
+                    if unsafe { libc::atexit(stop_at_exit) } != 0 {
+                        eprintln!("cachetx-tests: atexit registration failed; Postgres will outlive this process");
+                    }
+                });
                 Ok(cluster)
             }
             Err(why) => {
@@ -228,13 +254,14 @@ impl PgCluster {
             return Err(describe("initdb", &out));
         }
 
+        self.pg_ctl_start()
+    }
+
+    /// Starts the server of an initialized data directory with the cluster's options.
+    fn pg_ctl_start(&self) -> Result<(), String> {
         let mut options = server_options(self.port, &self.dir, &self.preload);
         options.push_str(" -c fsync=off");
-        for setting in SERVER_SETTINGS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for setting in &self.settings {
             if !setting
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.=-".contains(c))
@@ -250,8 +277,25 @@ impl PgCluster {
             &self.dir,
             &self.data,
             &options,
-            SERVER_RUST_BACKTRACE.load(Ordering::SeqCst),
+            self.rust_backtrace,
         )
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`, a clean shutdown) and starts it again
+    /// with the same settings; connections are closed, data is kept.
+    pub fn restart(&self) -> Result<(), String> {
+        let out = self
+            .tool("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", "60", "stop"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run pg_ctl stop: {e}"))?;
+        if !out.status.success() {
+            return Err(describe("pg_ctl stop", &out));
+        }
+        self.pg_ctl_start()
     }
 
     /// A server tool from the bin dir, run as `postgres` when we are root, in the cluster
@@ -377,6 +421,33 @@ impl PgCluster {
             Err(_) if !self.is_running() => {}
             Err(e) => eprintln!("cachetx-tests: {sql}: connect: {e}"),
         }
+    }
+}
+
+/// A cluster of its own for one test (not the process-wide [`pg`]), e.g. to run
+/// without the preload or to restart the server; stopped and removed on drop.
+#[derive(Debug)]
+pub struct OwnedPgCluster(PgCluster);
+
+/// Starts a private cluster with `shared_preload_libraries = preload` (empty: none) and
+/// extra `name=value` settings, with the server binaries [`pg`] would use. Connect to
+/// its `postgres` database with [`PgCluster::connect`].
+pub fn start_cluster(preload: &str, settings: &[&str]) -> Result<OwnedPgCluster, String> {
+    let settings = settings.iter().map(|s| s.to_string()).collect();
+    PgCluster::start(preload.to_owned(), settings, false).map(OwnedPgCluster)
+}
+
+impl std::ops::Deref for OwnedPgCluster {
+    type Target = PgCluster;
+
+    fn deref(&self) -> &PgCluster {
+        &self.0
+    }
+}
+
+impl Drop for OwnedPgCluster {
+    fn drop(&mut self) {
+        self.0.shutdown();
     }
 }
 
