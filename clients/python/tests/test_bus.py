@@ -163,6 +163,12 @@ async def test_subscribe_refuses_non_event_classes_and_bad_settings(db: Database
     bus = EventBus(db.plain_url, group="g")
     with pytest.raises(EventError):
         bus.subscribe(dict)
+
+    def not_async(event: Flaky) -> None:
+        pass
+
+    with pytest.raises(WorkerConfigError):
+        bus.subscribe(Flaky)(not_async)  # type: ignore[arg-type]
     with pytest.raises(WorkerConfigError):
         await bus.ensure_group()  # no subscriber
     for kwargs in [{"group": ""}, {"group": "x" * 64}, {"group": "g", "batch_size": 0}]:

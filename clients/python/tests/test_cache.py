@@ -62,6 +62,8 @@ def test_bad_prefix_and_bad_expire_are_typed_errors(redis_client: aioredis.Redis
             service.cached(expire=expire)  # type: ignore[arg-type]
     with pytest.raises(InvalidExpireError):
         service.cached(expire=timedelta(seconds=10), refresh=timedelta(seconds=10))
+    with pytest.raises(TypeError):
+        service.cached(expire=10)(lambda: 1)  # type: ignore[arg-type]
 
 
 async def test_invalidate_drops_the_whole_namespace_only(

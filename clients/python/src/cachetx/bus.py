@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -138,6 +139,8 @@ class EventBus:
             )
 
         def decorator(handler: Callable[[E], Awaitable[None]]) -> Callable[[E], Awaitable[None]]:
+            if not inspect.iscoroutinefunction(handler):
+                raise WorkerConfigError(f"subscribe() needs an async handler, got {handler!r}")
             self._classes[event_type] = event_cls
             self._handlers.setdefault(event_type, []).append(handler)
             return handler

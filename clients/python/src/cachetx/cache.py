@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import functools
+import inspect
 import json
 import logging
 import math
@@ -233,6 +234,8 @@ class CacheService:
         codec = serializer or self.serializer
 
         def decorator(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(f"cached() needs an async function, got {func!r}")
             try:
                 return_type = typing.get_type_hints(func).get("return")
             except Exception:  # unresolvable annotations: return plain JSON values
