@@ -257,6 +257,15 @@ async def test_cached_rebuilds_the_annotated_return_class(cache: CacheService) -
     async def load_model(n: int) -> Model:
         return Model(id=n)
 
+    @cache.cached(expire=60)
+    async def maybe(candidate_id: str) -> Profile | None:
+        return None if candidate_id == "none" else Profile(id=candidate_id, skills=[])
+
+    assert await maybe("2") == Profile("2", [])
+    assert await maybe("2") == Profile("2", [])  # a hit, rebuilt through the Optional
+    assert await maybe("none") is None
+    assert await maybe("none") is None
+
     cached_model = cache.cached(expire=60)(load_model)
     assert await cached_model(3) == Model(id=3)
     assert await cached_model(3) == Model(id=3)

@@ -14,6 +14,8 @@ import datetime as _dt
 import decimal
 import enum
 import json
+import types
+import typing
 import uuid
 from typing import Any, Protocol, runtime_checkable
 
@@ -85,7 +87,13 @@ def dumps_json(value: Any, *, sort_keys: bool = False) -> str:
 def from_jsonable(data: Any, cls: Any) -> Any:
     """Rebuild ``cls`` (a dataclass or pydantic model class) from its JSON form; any other
     ``cls`` returns ``data`` unchanged. Dataclasses are rebuilt one level deep (nested
-    dataclass fields stay dicts); pydantic models validate nested fields themselves."""
+    dataclass fields stay dicts); pydantic models validate nested fields themselves.
+    ``cls | None`` (``Optional[cls]``) rebuilds ``cls`` and keeps None."""
+    if typing.get_origin(cls) in (typing.Union, types.UnionType):
+        members = [m for m in typing.get_args(cls) if m is not type(None)]
+        if data is None or len(members) != 1:
+            return data
+        cls = members[0]
     if isinstance(cls, type) and is_pydantic_model(cls):
         return cls.model_validate(data)  # type: ignore[attr-defined]
     if isinstance(cls, type) and dataclasses.is_dataclass(cls):
