@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .errors import WorkerConfigError
 from .events import Delivery, decode_event, event_type_of
+from .worker import run_worker
 
 log = logging.getLogger("cachetx.bus")
 
@@ -298,10 +299,18 @@ class EventBus:
                 await self.nack(
                     delivery.id, "worker stopped before finishing the event", timedelta(0)
                 )
-            except (
-                Exception
-            ) as exc:  # e.g. acked just before the cancellation: nothing to give back
+            except Exception as exc:  # e.g. acked just before: nothing to give back
                 log.warning("could not release %s %s: %s", delivery.event_type, delivery.id, exc)
+
+    def _start_run(self) -> asyncio.Event:
+        """Clear a previous stop request; returns the event :meth:`stop` sets, made in
+        the running loop."""
+        self._stop_requested = False
+        self._stopped = asyncio.Event()
+        return self._stopped
+
+    def _end_run(self) -> None:
+        self._stopped = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the batch in hand (SIGTERM does this)."""
@@ -313,8 +322,6 @@ class EventBus:
         """Consume the group until :meth:`stop` (or SIGTERM/SIGINT with
         ``handle_signals=True``, which ``python -m cachetx worker`` uses) or cancellation;
         see :mod:`cachetx.worker`."""
-        from .worker import run_worker
-
         await run_worker(self, handle_signals=handle_signals)
 
     @property

@@ -35,8 +35,7 @@ NOTIFIES_TIMEOUT = 5.0
 async def run_worker(bus: EventBus, *, handle_signals: bool = False) -> None:
     """Run ``bus`` until stopped or cancelled (see the module doc)."""
     loop = asyncio.get_running_loop()
-    bus._stop_requested = False
-    stopped = bus._stopped = asyncio.Event()
+    stopped = bus._start_run()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
     for sig in signals:
         loop.add_signal_handler(sig, bus.stop)
@@ -65,7 +64,7 @@ async def run_worker(bus: EventBus, *, handle_signals: bool = False) -> None:
         if listener is not None:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
-        bus._stopped = None
+        bus._end_run()
         await bus.close()
 
 
