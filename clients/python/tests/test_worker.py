@@ -92,3 +92,8 @@ def test_worker_entry_point_refuses_what_is_not_an_event_bus(db: Database, tmp_p
     output, _ = worker.communicate(timeout=60)
     assert worker.returncode == 2
     assert "not a cachetx.EventBus" in output
+
+    worker = start_worker(db, tmp_path / "x", target="no_such_module:event_bus")
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 2
+    assert "no module named 'no_such_module'" in output

@@ -25,7 +25,12 @@ def load_bus(path: str) -> EventBus:
         raise WorkerConfigError(f"expected module:attribute, got {path!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    obj: object = importlib.import_module(module_name)
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:  # an import inside the module failed: show it all
+            raise
+        raise WorkerConfigError(f"no module named {module_name!r} (from {os.getcwd()})") from None
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
