@@ -30,7 +30,7 @@ PGRX_SUDO := $(if $(filter 0,$(shell id -u)),,--sudo)
 
 export NSCACHE_MODULE
 
-.PHONY: help deps build build/redis build/pg build/pg-all test test/unit test/integration test/redis test/pg test/pg-matrix test/pg-all test/python lint demo bench bench-redis bench-pg clean
+.PHONY: help deps build build/redis build/cli build/pg build/pg-all test test/unit test/integration test/redis test/pg test/pg-matrix test/pg-all test/python lint demo bench bench-redis bench-pg clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -51,10 +51,13 @@ deps: ## Install the Debian packages, the pinned cargo-pgrx and PostgreSQL 16-18
 	    cargo pgrx init $(foreach v,$(PG_ALL),--pg$(v) $(call pg_config_of,$(v))); \
 	fi
 
-build: deps build/redis build/pg ## Release build of the Redis module and install of the Postgres extension
+build: deps build/redis build/pg build/cli ## Release build of the Redis module, install of the Postgres extension, the cachetx CLI
 
 build/redis:
 	cargo build --release -p nscache
+
+build/cli: ## Release build of the cachetx CLI (target/release/cachetx)
+	cargo build --release -p cachetx-cli
 
 build/pg: ## Install txevents into one PostgreSQL: PG=15 (default, Debian), 16, 17 or 18 (`make deps` first)
 	cargo pgrx install --release -p txevents --no-default-features --features pg$(PG) --pg-config $(PG_CONFIG) $(PGRX_SUDO)
@@ -64,8 +67,8 @@ build/pg-all: deps ## Install txevents into PostgreSQL 15, 16, 17 and 18
 
 test: build lint test/unit test/integration test/python test/pg-matrix ## deps + build + lint + unit tests + integration tests against real servers (Postgres: 15 and 18)
 
-test/unit: ## Unit tests of the pure logic (shared crate, module and extension logic)
-	cargo test -p cachetx-shared -p nscache -p txevents
+test/unit: ## Unit tests of the pure logic (shared crate, module and extension logic, CLI)
+	cargo test -p cachetx-shared -p nscache -p txevents -p cachetx-cli
 
 test/integration: ## All integration tests against real servers
 	cargo test -p cachetx-tests
@@ -103,7 +106,7 @@ test/python: $(PY_STAMP) ## Python client (clients/python): ruff, mypy --strict,
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check
-	cargo clippy -p cachetx-shared -p nscache -p cachetx-tests -p txevents --all-targets -- -D warnings
+	cargo clippy -p cachetx-shared -p nscache -p cachetx-tests -p cachetx-cli -p txevents --all-targets -- -D warnings
 	cargo clippy -p txevents --no-default-features --features pg18 --all-targets -- -D warnings
 
 demo: build ## Start private servers (or use REDIS_*/DATABASE_URL), run the scenario, stop them
