@@ -192,3 +192,66 @@ async def test_an_undecodable_payload_is_nacked_with_the_reason(
     [(error,)] = db.query("SELECT last_error FROM txevents.dead_letters")
     assert isinstance(error, str) and error.startswith("EventError: cannot decode Flaky")
     await bus.close()
+
+
+async def test_a_handler_error_whose_text_postgres_cannot_store_is_still_nacked(
+    session: AsyncSession, db: Database
+) -> None:
+    # A lone surrogate (os.fsdecode of a bad file name) or a NUL in the message made
+    # the nack itself fail: the worker crashed with UnicodeEncodeError.
+    bus = EventBus(
+        db.plain_url, group="text", max_attempts=1, poll_interval=timedelta(milliseconds=20)
+    )
+    handled: list[int] = []
+
+    @bus.subscribe(Flaky)
+    async def handle(event: Flaky) -> None:
+        if event.n == 1:
+            raise ValueError("no such file: b\udcffd")
+        if event.n == 2:
+            raise ValueError("nul \x00 here")
+        handled.append(event.n)
+
+    await bus.ensure_group()
+    await emit(session, Flaky(n=1), Flaky(n=2), Flaky(n=3))
+    await run_until(bus, lambda: handled == [3])
+    rows = db.query("SELECT payload, last_error FROM txevents.dead_letters ORDER BY event_id")
+    assert [(row[0]["n"], row[1]) for row in rows] == [  # type: ignore[index]
+        (1, "ValueError: no such file: b\ufffdd"),
+        (2, "ValueError: nul \ufffd here"),
+    ]
+
+
+async def test_a_worker_role_without_txevents_admin_uses_the_existing_group(
+    session: AsyncSession, db: Database
+) -> None:
+    # README "Roles": workers need txevents_consumer only; create_consumer is an
+    # admin's. ensure_group used to fail with 42501 even though the group existed.
+    db.query("CREATE ROLE py_worker LOGIN; GRANT txevents_consumer TO py_worker")
+    admin = EventBus(db.plain_url, group="least")
+    received: list[Flaky] = []
+
+    @admin.subscribe(Flaky)
+    async def handle(event: Flaky) -> None:
+        received.append(event)
+
+    assert await admin.ensure_group()
+    await admin.close()
+    bus = EventBus(
+        db.plain_url.replace("postgres@", "py_worker@"),
+        group="least",
+        poll_interval=timedelta(milliseconds=20),
+    )
+    bus.subscribe(Flaky)(handle)
+    assert await bus.ensure_group() is False
+    await emit(session, Flaky(n=5))
+    await run_until(bus, lambda: received == [Flaky(n=5)])
+
+
+def test_event_bus_refuses_a_sync_engine_with_a_typed_error(db: Database) -> None:
+    from sqlalchemy import create_engine
+
+    sync_engine = create_engine(db.url)
+    with pytest.raises(WorkerConfigError, match="AsyncEngine"):
+        _ = EventBus(sync_engine, group="g").engine  # type: ignore[arg-type]
+    sync_engine.dispose()

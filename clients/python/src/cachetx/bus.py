@@ -16,12 +16,13 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -39,6 +40,8 @@ _current: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar(
 )
 
 MAX_ERROR_TEXT = 4000
+# What Postgres text cannot hold: NUL, and lone surrogates (not encodable as UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def current_delivery() -> Delivery | None:
@@ -48,14 +51,26 @@ def current_delivery() -> Delivery | None:
 
 
 def error_text(exc: BaseException) -> str:
-    """What a failed handler's nack records: ``ExceptionClass: message``."""
-    text_ = f"{type(exc).__qualname__}: {exc}"
-    return text_[:MAX_ERROR_TEXT]
+    """What a failed handler's nack records: ``ExceptionClass: message``, cut to
+    ``MAX_ERROR_TEXT`` characters and made storable as Postgres text (NUL characters
+    and lone surrogates, e.g. from ``os.fsdecode``, are replaced: either would make the
+    nack itself fail)."""
+    try:
+        message = str(exc)
+    except Exception as str_error:  # a broken __str__ must not stop the nack
+        message = f"<unprintable: {type(str_error).__qualname__}>"
+    text_ = f"{type(exc).__qualname__}: {message}"[:MAX_ERROR_TEXT]
+    return _UNSTORABLE.sub("\ufffd", text_)
 
 
 def _engine_from(dsn_or_engine: str | AsyncEngine) -> tuple[AsyncEngine, bool]:
     if isinstance(dsn_or_engine, AsyncEngine):
         return dsn_or_engine, False
+    if not isinstance(dsn_or_engine, str | URL):
+        raise WorkerConfigError(
+            "EventBus needs a database URL or an AsyncEngine, got "
+            f"{type(dsn_or_engine).__qualname__} (for a sync Engine, pass its URL)"
+        )
     url = make_url(dsn_or_engine)
     if url.drivername in ("postgresql", "postgres"):
         # A plain libpq DSN: use psycopg 3, the driver the package depends on.
@@ -185,7 +200,15 @@ class EventBus:
                 )
             created = True
         except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "42710":  # duplicate_object
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate == "42501":  # insufficient_privilege: not a txevents_admin
+                # A worker may run as a role with txevents_consumer only; the group
+                # is then created by an admin, and poll says 42704 if it is missing.
+                log.info(
+                    "cannot create consumer group %r (no txevents_admin grant); using it as it is",
+                    self.group,
+                )
+            elif sqlstate != "42710":  # duplicate_object
                 raise
             created = False
         self._group_ready = True
