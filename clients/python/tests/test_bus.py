@@ -4,7 +4,11 @@ LISTEN wake-up, cancellation."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
+import enum
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -255,3 +259,53 @@ def test_event_bus_refuses_a_sync_engine_with_a_typed_error(db: Database) -> Non
     with pytest.raises(WorkerConfigError, match="AsyncEngine"):
         _ = EventBus(sync_engine, group="g").engine  # type: ignore[arg-type]
     sync_engine.dispose()
+
+
+class Priority(enum.Enum):
+    LOW = 1
+    HIGH = 2
+
+
+@dataclass
+class Line:
+    sku: str
+    price: decimal.Decimal
+
+
+@dataclass
+class OrderPlaced:
+    order_id: uuid.UUID
+    placed_at: datetime.datetime
+    total: decimal.Decimal
+    priority: Priority
+    lines: list[Line]
+    tags: tuple[str, ...] = ()
+    due: datetime.date | None = None
+
+
+async def test_handlers_get_event_fields_in_their_annotated_types(
+    session: AsyncSession, db: Database
+) -> None:
+    # add_event writes datetimes, UUIDs and Decimals as strings; the handler used to get
+    # those strings (and dicts for nested dataclasses), so `event.total + 1` failed.
+    bus = EventBus(db.plain_url, group="typed", poll_interval=timedelta(milliseconds=20))
+    received: list[OrderPlaced] = []
+
+    @bus.subscribe(OrderPlaced)
+    async def handle(event: OrderPlaced) -> None:
+        received.append(event)
+
+    sent = OrderPlaced(
+        order_id=uuid.uuid4(),
+        placed_at=datetime.datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=datetime.UTC),
+        total=decimal.Decimal("10.10"),
+        priority=Priority.HIGH,
+        lines=[Line("a", decimal.Decimal("10.10"))],
+        tags=("x", "y"),
+        due=datetime.date(2024, 6, 1),
+    )
+    await bus.ensure_group()
+    await emit(session, sent)
+    await run_until(bus, lambda: bool(received))
+    assert received == [sent]
+    assert isinstance(received[0].lines[0], Line)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
+import enum
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -317,3 +321,61 @@ async def test_a_client_that_decodes_responses_works_too(
         assert (await cache.stats()).leases == 1
     finally:
         await client.aclose()
+
+
+class Level(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+@dataclass
+class Skill:
+    name: str
+    since: datetime.date
+
+
+@dataclass
+class Candidate:
+    id: uuid.UUID
+    seen_at: datetime.datetime
+    salary: decimal.Decimal
+    level: Level
+    skills: list[Skill]
+    scores: dict[int, float]
+    tags: frozenset[str]
+    pair: tuple[int, str]
+
+
+async def test_a_hit_has_the_types_of_the_miss_for_annotated_values(cache: CacheService) -> None:
+    # The first (MISS) caller gets what the function returned; hits used to get the
+    # JSON form instead: ISO strings for datetimes, str for UUID and Decimal, dicts for
+    # nested dataclasses, lists for tuples and sets, string keys for dict[int, ...].
+    candidate = Candidate(
+        id=uuid.uuid4(),
+        seen_at=datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC),
+        salary=decimal.Decimal("1234.50"),
+        level=Level.HIGH,
+        skills=[Skill("rust", datetime.date(2020, 1, 2))],
+        scores={1: 0.5, 2: 1.0},
+        tags=frozenset({"a", "b"}),
+        pair=(1, "x"),
+    )
+
+    @cache.cached(expire=60)
+    async def load(n: int) -> Candidate:
+        return candidate
+
+    @cache.cached(expire=60)
+    async def when() -> datetime.datetime:
+        return candidate.seen_at
+
+    @cache.cached(expire=60)
+    async def many() -> list[Candidate] | None:
+        return [candidate]
+
+    assert await load(1) == candidate
+    hit = await load(1)
+    assert hit == candidate
+    assert isinstance(hit.skills[0], Skill) and isinstance(hit.salary, decimal.Decimal)
+    assert await when() == await when() == candidate.seen_at
+    assert await many() == await many() == [candidate]
