@@ -6,6 +6,8 @@ import asyncio
 import datetime
 import decimal
 import enum
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -379,3 +381,65 @@ async def test_a_hit_has_the_types_of_the_miss_for_annotated_values(cache: Cache
     assert isinstance(hit.skills[0], Skill) and isinstance(hit.salary, decimal.Decimal)
     assert await when() == await when() == candidate.seen_at
     assert await many() == await many() == [candidate]
+
+
+async def test_a_loader_that_fails_after_its_lease_ran_out_keeps_a_newer_value(
+    cache: CacheService,
+) -> None:
+    # Voiding the lease is NSCACHE.DEL: once the lease has expired, the key may hold a
+    # value written since (or another caller's lease), which the DEL used to destroy.
+    @cache.cached(expire=60, key=lambda: "slow", lease=timedelta(milliseconds=100))
+    async def load() -> str:
+        await asyncio.sleep(0.4)
+        raise RuntimeError("backend timed out")
+
+    failing = asyncio.create_task(load())
+    await asyncio.sleep(0.2)  # the lease is over
+    assert await cache.set("slow", "fresh", expire=60)
+    with pytest.raises(RuntimeError, match="timed out"):
+        await failing
+    assert await cache.get("slow") == "fresh"
+
+
+async def test_a_loader_slower_than_its_lease_is_reported(
+    cache: CacheService, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The write-back of a loader that outlives its lease is always refused: the function
+    # is then never cached, silently, and every call recomputes it.
+    @cache.cached(expire=60, key=lambda: "slow", lease=timedelta(milliseconds=50))
+    async def load() -> int:
+        await asyncio.sleep(0.2)
+        return 1
+
+    with caplog.at_level(logging.WARNING, logger="cachetx.cache"):
+        assert await load() == 1
+    assert await cache.get("slow") is None
+    assert "outlived its 50 ms lease" in caplog.text
+
+
+class _WaitZeroRedis:
+    """A server that answers WAIT 0 to the first FETCHes, then HIT."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+
+    async def execute_command(self, *args: object) -> object:
+        assert args[0] == "NSCACHE.FETCH"
+        self.fetches += 1
+        if self.fetches <= 20:
+            return [b"WAIT", 0]
+        return [b"HIT", b"1"]
+
+
+async def test_a_wait_hint_of_zero_does_not_spin() -> None:
+    fake = _WaitZeroRedis()
+    cache = CacheService(fake, prefix="p")  # type: ignore[arg-type]
+
+    @cache.cached(expire=60)
+    async def load() -> int:
+        raise AssertionError("a waiter does not compute")
+
+    started = time.monotonic()
+    assert await load() == 1
+    # asyncio.sleep(0) between FETCHes: 20 round trips in no time, a busy loop.
+    assert time.monotonic() - started >= 0.02

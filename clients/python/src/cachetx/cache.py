@@ -36,6 +36,8 @@ R = TypeVar("R")
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_LEASE_MS = 3_600_000
+# Longest sleep on a WAIT reply (the server suggests 1-50 ms).
+MAX_WAIT_MS = 1000
 DEFAULT_LEASE = timedelta(seconds=5)
 
 
@@ -288,7 +290,8 @@ class CacheService:
             if status == "HIT":
                 return typing.cast(R, self._decode(codec, reply[1], return_type))
             if status == "WAIT":
-                await asyncio.sleep(int(reply[1]) / 1000)
+                # The server says 1-50 ms; never spin on 0, never oversleep a bad hint.
+                await asyncio.sleep(min(max(int(reply[1]), 1), MAX_WAIT_MS) / 1000)
                 continue
             if status == "REFRESH":
                 value = self._decode(codec, reply[1], return_type)
@@ -298,14 +301,26 @@ class CacheService:
                 return typing.cast(R, value)
             if status == "MISS":
                 token = reply[1]
+                loop = asyncio.get_running_loop()
+                lease_ends = loop.time() + lease_ms / 1000
                 try:
                     value = await compute()
                     data = codec.dumps(value)
                 except BaseException:
                     # Void our lease so a waiter recomputes now instead of after lease_ms.
-                    await asyncio.shield(self._void_lease(key))
+                    # Once the lease has run out, the key may hold another caller's lease
+                    # or a fresh value: deleting it would throw those away.
+                    if loop.time() < lease_ends:
+                        await asyncio.shield(self._void_lease(key))
                     raise
-                await self._write_back(key, ttl, data, token)
+                written = await self._write_back(key, ttl, data, token)
+                if not written and loop.time() >= lease_ends:
+                    log.warning(
+                        "cached(): computing %r outlived its %d ms lease, so the value was "
+                        "not cached (and other callers computed it too); raise lease=",
+                        key,
+                        lease_ms,
+                    )
                 return value
             raise CachetxError(f"unexpected NSCACHE.FETCH reply {reply!r}")
 
