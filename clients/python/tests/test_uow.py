@@ -219,3 +219,43 @@ async def test_metrics_without_preload_is_a_typed_error() -> None:
             await engine.dispose()
     finally:
         cluster.stop()
+
+
+async def test_nested_blocks_on_one_unit_of_work_join_the_outer_transaction(
+    engine: AsyncEngine, session: AsyncSession, db: Database
+) -> None:
+    # A transaction_context (or another manager's transactional call) inside a
+    # transactional call used to COMMIT the outer work half done: the outer failure
+    # then left the inner rows and events committed.
+    await create_schema(engine)
+    uow = SqlAlchemyUnitOfWork(session)
+    manager = TransactionManager(uow)
+    other = TransactionManager(uow)
+    repository = CandidateRepository(session)
+
+    @other.transactional
+    async def helper() -> None:
+        await repository.save(Candidate(id="h", name="h", process_id="p"))
+        other.add_event(Plain(n=3))
+
+    @manager.transactional
+    async def outer() -> None:
+        await repository.save(Candidate(id="o", name="o", process_id="p"))
+        async with transaction_context(uow) as tx:
+            await repository.save(Candidate(id="i", name="i", process_id="p"))
+            tx.add_event(Plain(n=1))
+        await helper()
+        manager.add_event(Plain(n=2))
+        raise DomainError("outer fails after the inner blocks ended")
+
+    with pytest.raises(DomainError):
+        await outer()
+    assert db.query("SELECT id FROM candidates") == []
+    assert outbox(db) == []
+    # Positive control: the same calls without the failure commit everything once.
+    async with transaction_context(uow):
+        await helper()
+        async with transaction_context(uow) as tx:
+            tx.add_event(Plain(n=4))
+    assert db.query("SELECT id FROM candidates") == [("h",)]
+    assert [row[3] for row in outbox(db)] == [{"n": 3}, {"n": 4}]

@@ -51,6 +51,10 @@ class SqlAlchemyUnitOfWork:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
         self._pending: list[EncodedEvent] = []
+        # How many transaction_context blocks are open on this unit of work: an inner
+        # one (a transactional call, another manager's, a helper's own block) joins
+        # the outermost, which alone commits or rolls back.
+        self._depth = 0
 
     def add_event(self, event: Any, *, headers: dict[str, Any] | None = None) -> None:
         """Queue ``event`` (a dataclass or pydantic model, see :mod:`cachetx.events`)
@@ -97,23 +101,39 @@ class SqlAlchemyUnitOfWork:
 async def transaction_context(uow: SqlAlchemyUnitOfWork) -> AsyncIterator[SqlAlchemyUnitOfWork]:
     """Run a block as one transaction: commit (with the queued events) when it ends
     normally, roll back when it raises anything (``DomainError``, any other exception,
-    cancellation), and re-raise.
+    cancellation), and re-raise. A block opened on ``uow`` while another is open on it
+    (directly, or by a ``transactional`` call) joins the outer transaction: only the
+    outermost block commits or rolls back.
 
     >>> async with transaction_context(uow) as tx:
     ...     await repository.save(entity1)
     ...     tx.add_event(EntitySaved(id=entity1.id))
     """
+    if uow._depth:
+        # Nested in an open block of the same unit of work: part of its transaction.
+        # Committing here would commit the outer block's work half done.
+        uow._depth += 1
+        try:
+            yield uow
+        finally:
+            uow._depth -= 1
+        return
+    uow._depth = 1
     try:
-        yield uow
-    except BaseException:
-        await _rollback_quietly(uow)
-        raise
-    try:
-        await uow.commit()
-    except BaseException:
-        # A failed COMMIT (e.g. a deferred constraint) leaves the session needing a rollback.
-        await _rollback_quietly(uow)
-        raise
+        try:
+            yield uow
+        except BaseException:
+            await _rollback_quietly(uow)
+            raise
+        try:
+            await uow.commit()
+        except BaseException:
+            # A failed COMMIT (e.g. a deferred constraint) leaves the session needing a
+            # rollback.
+            await _rollback_quietly(uow)
+            raise
+    finally:
+        uow._depth = 0
 
 
 async def _rollback_quietly(uow: SqlAlchemyUnitOfWork) -> None:
