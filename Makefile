@@ -23,7 +23,7 @@ pg_config_of = $(if $(filter 15,$(1)),$(PG_DEBIAN_CONFIG),$(PG_CACHE)/$(1)/bin/p
 # An explicit PG_CONFIG (environment or command line) overrides it for one major.
 PG_CONFIG ?= $(call pg_config_of,$(PG))
 PGRX_VERSION := $(shell sed -n 's/^pgrx = "=\(.*\)"/\1/p' Cargo.toml)
-DEB_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config redis-server redis-tools python3-pip python3-venv
+DEB_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config redis-server redis-tools python3-pip python3-venv prometheus
 NSCACHE_MODULE := $(CURDIR)/target/release/libnscache.so
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PGRX_SUDO := $(if $(filter 0,$(shell id -u)),,--sudo)
@@ -109,8 +109,8 @@ lint: ## rustfmt and clippy, warnings are errors
 	cargo clippy -p cachetx-shared -p nscache -p cachetx-tests -p cachetx-cli -p txevents --all-targets -- -D warnings
 	cargo clippy -p txevents --no-default-features --features pg18 --all-targets -- -D warnings
 
-demo: build ## Start private servers (or use REDIS_*/DATABASE_URL), run the scenario, stop them
-	scripts/demo.sh
+demo: build ## The recruitment scenario (leases vs cache-aside) on private servers, or REDIS_*/DATABASE_URL ones
+	target/release/cachetx demo
 
 bench: bench-redis bench-pg ## All benchmarks; results appended to bench/RESULTS.md
 

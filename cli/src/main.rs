@@ -4,6 +4,7 @@
 mod backoff;
 mod collect;
 mod config;
+mod demo;
 mod pg;
 mod plan;
 mod redis_client;
@@ -29,11 +30,17 @@ enum Command {
     Relay(relay::RelayArgs),
     /// Print the figures of both servers: namespaces, transactions, errors, consumer lag.
     Stats(stats::StatsArgs),
+    /// Run the recruitment scenario on private (or configured) servers: leases vs cache-aside.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo prints its own report; the relay inside it only speaks up on trouble.
+    init_tracing(match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,6 +66,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let shutdown = shutdown_on_signals()?;
             relay::run(args, shutdown, None).await.map(drop)
         }
+        Command::Demo(args) => {
+            let shutdown = shutdown_on_signals()?;
+            demo::run(args, shutdown).await
+        }
         Command::Stats(args) => {
             let shutdown = shutdown_on_signals()?;
             stats::run(args, shutdown).await
@@ -66,10 +77,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` sets the level (default `info`).
-fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` sets the level (default `default_level`).
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -65,6 +65,14 @@ impl RedisHandle {
         }
     }
 
+    /// Runs one command, routed by `target`.
+    pub async fn run(&mut self, cmd: Cmd, target: Target) -> RedisResult<Value> {
+        match self {
+            RedisHandle::Single(conn) => cmd.query_async(conn).await,
+            RedisHandle::Cluster(conn) => conn.route_command(cmd, routing(target)).await,
+        }
+    }
+
     /// Runs every command; the outer error means the batch could not be sent or read
     /// (Redis unreachable), the inner ones are per-command replies.
     pub async fn run_all(

@@ -244,7 +244,18 @@ async fn open_pg(config: &tokio_postgres::Config, args: &RelayArgs) -> Result<Pg
 }
 
 /// Creates the consumer group unless it exists (several relays may race to do it).
-async fn ensure_group(client: &tokio_postgres::Client, args: &RelayArgs) -> Result<()> {
+pub async fn ensure_group(client: &tokio_postgres::Client, args: &RelayArgs) -> Result<()> {
+    // Checked first so that an existing group costs no error in the server's log and
+    // in txevents.errors; a role that cannot read the table just tries to create it.
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM txevents.consumers WHERE name = $1",
+            &[&args.group],
+        )
+        .await;
+    if let Ok(Some(_)) = exists {
+        return Ok(());
+    }
     let types: Option<Vec<&str>> = if args.streams {
         None
     } else {
