@@ -73,3 +73,11 @@ CREATE TABLE txevents.prepared_notify (
     channels text[] NOT NULL,
     payloads text[] NOT NULL
 );
+
+-- Transactions whose events the coalesced notify worker has yet to send
+-- (txevents.notify = coalesced, src/coalesced.rs): written by emit once per
+-- transaction, deleted by the worker in the transaction that sends the notifications.
+CREATE TABLE txevents.coalesced (
+    txid    xid8 PRIMARY KEY,
+    channel text NOT NULL
+);

@@ -98,7 +98,9 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
     let headers = CheckedObject::new("headers", event.headers)?;
     let notify_mode = guc::NOTIFY.get();
     let channel = match notify_mode {
-        NotifyMode::Commit => Some(notify::check_channel(&guc::channel()?)?),
+        NotifyMode::Commit | NotifyMode::Coalesced => {
+            Some(notify::check_channel(&guc::channel()?)?)
+        }
         NotifyMode::Off => None,
     };
 
@@ -115,7 +117,12 @@ pub fn emit(event: NewEvent<'_>) -> TxResult<i64> {
         occurred_at: now,
     })?;
     crate::metrics::count(EventCounter::Emitted, 1);
-    if let Some(channel) = channel {
+    if notify_mode == NotifyMode::Coalesced {
+        if let Some(channel) = channel {
+            // The worker reads the event back and sends the same payload as below.
+            crate::coalesced::mark(txid, channel)?;
+        }
+    } else if let Some(channel) = channel {
         // The stored jsonb's own text, spliced in verbatim: the notification carries
         // every number exactly as txevents.get(id) returns it (SPEC 3.2).
         let payload = jsonb::text_of(payload)?;
@@ -263,58 +270,108 @@ fn txevents_get(id: i64) -> Option<RawJsonb> {
     Some(jsonb::from_text(text).unwrap_or_else(|e| e.raise()))
 }
 
-/// Reads the row of event `id` and writes its envelope.
-fn envelope_json(id: i64) -> TxResult<Option<String>> {
-    let fields = Spi::connect(|client| {
-        let table = client.select(
-            "SELECT event_type, aggregate_type, aggregate_id, payload::text, headers::text,
-                    occurred_at, txid::text
-               FROM txevents.outbox WHERE id = $1",
-            Some(1),
-            &[id.into()],
-        )?;
-        let Some(row) = table.into_iter().next() else {
-            return Ok(None);
-        };
+/// The columns of `txevents.outbox` that [`StoredEvent::from_row`] reads, in order.
+macro_rules! stored_columns {
+    () => {
+        "id, event_type, aggregate_type, aggregate_id, payload::text, headers::text, \
+         occurred_at, txid::text"
+    };
+}
+
+/// An outbox row as read back, payload and headers as their jsonb text.
+struct StoredEvent {
+    id: i64,
+    event_type: String,
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    payload: String,
+    headers: String,
+    occurred_micros: i64,
+    txid: u64,
+}
+
+impl StoredEvent {
+    /// Reads the [`stored_columns!`] of `row`.
+    fn from_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> TxResult<StoredEvent> {
+        let id: i64 = row
+            .get(1)?
+            .ok_or_else(|| TxEventsError::Internal("an event has a NULL id".into()))?;
         // The columns are NOT NULL: a NULL here is a corrupt row, not a default.
         let required = |what: &'static str| {
             TxEventsError::Internal(format!("event {id} has a NULL {what} in txevents.outbox"))
         };
-        let event_type: String = row.get(1)?.ok_or_else(|| required("event_type"))?;
-        let aggregate_type: Option<String> = row.get(2)?;
-        let aggregate_id: Option<String> = row.get(3)?;
-        let payload: String = row.get(4)?.ok_or_else(|| required("payload"))?;
-        let headers: String = row.get(5)?.ok_or_else(|| required("headers"))?;
         let occurred_at: TimestampWithTimeZone =
-            row.get(6)?.ok_or_else(|| required("occurred_at"))?;
-        let txid: String = row.get(7)?.ok_or_else(|| required("txid"))?;
+            row.get(7)?.ok_or_else(|| required("occurred_at"))?;
+        let txid: String = row.get(8)?.ok_or_else(|| required("txid"))?;
         let txid: u64 = txid.parse().map_err(|_| {
             TxEventsError::Internal(format!("event {id} has an unreadable txid {txid:?}"))
         })?;
-        Ok::<_, TxEventsError>(Some((
-            event_type,
-            aggregate_type,
-            aggregate_id,
-            payload,
-            headers,
-            occurred_at.into_inner(),
+        Ok(StoredEvent {
+            id,
+            event_type: row.get(2)?.ok_or_else(|| required("event_type"))?,
+            aggregate_type: row.get(3)?,
+            aggregate_id: row.get(4)?,
+            payload: row.get(5)?.ok_or_else(|| required("payload"))?,
+            headers: row.get(6)?.ok_or_else(|| required("headers"))?,
+            occurred_micros: occurred_at.into_inner(),
             txid,
-        )))
-    })?;
-    let Some((event_type, aggregate_type, aggregate_id, payload, headers, micros, txid)) = fields
-    else {
-        return Ok(None);
-    };
-    EnvelopeFields {
-        id,
-        event_type: &event_type,
-        aggregate_type: aggregate_type.as_deref(),
-        aggregate_id: aggregate_id.as_deref(),
-        payload,
-        headers,
-        occurred_micros: micros,
-        txid,
+        })
     }
-    .envelope_json()
-    .map(Some)
+
+    fn fields(&self) -> EnvelopeFields<'_> {
+        EnvelopeFields {
+            id: self.id,
+            event_type: &self.event_type,
+            aggregate_type: self.aggregate_type.as_deref(),
+            aggregate_id: self.aggregate_id.as_deref(),
+            payload: self.payload.clone(),
+            headers: self.headers.clone(),
+            occurred_micros: self.occurred_micros,
+            txid: self.txid,
+        }
+    }
+}
+
+/// Reads the row of event `id` and writes its envelope.
+fn envelope_json(id: i64) -> TxResult<Option<String>> {
+    let event = Spi::connect(|client| {
+        let table = client.select(
+            concat!(
+                "SELECT ",
+                stored_columns!(),
+                " FROM txevents.outbox WHERE id = $1"
+            ),
+            Some(1),
+            &[id.into()],
+        )?;
+        match table.into_iter().next() {
+            Some(row) => StoredEvent::from_row(&row).map(Some),
+            None => Ok(None),
+        }
+    })?;
+    event.map(|e| e.fields().envelope_json()).transpose()
+}
+
+/// The notifications of every event of the transactions `txids` (as `xid8` text), in
+/// `(txid, id)` order: byte for byte what `commit` mode queues for them. For the
+/// coalesced worker, inside its SPI connection.
+pub fn notifications_of(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    txids: Vec<String>,
+) -> TxResult<Vec<String>> {
+    let table = crate::plans::execute(
+        client,
+        concat!(
+            "SELECT ",
+            stored_columns!(),
+            " FROM txevents.outbox WHERE txid = ANY($1::text[]::xid8[]) ORDER BY txid, id"
+        ),
+        None,
+        &[txids.into()],
+    )?;
+    let mut out = Vec::with_capacity(table.len());
+    for row in table {
+        out.push(StoredEvent::from_row(&row)?.fields().notification()?);
+    }
+    Ok(out)
 }

@@ -1,8 +1,13 @@
 //! Settings (GUCs) of the extension.
 
-use std::ffi::CString;
+use std::ffi::{c_int, c_void, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucEnum, GucFlags, GucRegistry, GucSetting};
+
+/// Whether the library was loaded by `shared_preload_libraries` (set in `_PG_init`,
+/// inherited by every backend).
+static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 /// `txevents.channel`: the NOTIFY channel events are published on.
 pub static CHANNEL: GucSetting<Option<CString>> =
@@ -24,10 +29,15 @@ pub enum NotifyMode {
     /// No NOTIFY: consumers poll.
     #[name = c"off"]
     Off,
+    /// A background worker sends the notifications after commit (needs the preload).
+    #[name = c"coalesced"]
+    Coalesced,
 }
 
-/// Registers the settings; called from `_PG_init`.
-pub fn register() {
+/// Registers the settings; called from `_PG_init`, told whether the library is being
+/// preloaded.
+pub fn register(preloading: bool) {
+    PRELOADED.store(preloading, Ordering::Release);
     GucRegistry::define_string_guc(
         c"txevents.channel",
         c"NOTIFY channel for published events.",
@@ -36,14 +46,47 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
-    GucRegistry::define_enum_guc(
-        c"txevents.notify",
-        c"When to send NOTIFY for emitted events: commit or off.",
-        c"commit: one notification per event after COMMIT; off: none (consumers poll).",
-        &NOTIFY,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+    // SAFETY: check_notify is a plain function that neither raises nor panics.
+    unsafe {
+        GucRegistry::define_enum_guc_with_hooks(
+            c"txevents.notify",
+            c"When to send NOTIFY for emitted events: commit, coalesced or off.",
+            c"commit: one notification per event, queued by the committing transaction; \
+coalesced: sent after commit by a background worker (needs shared_preload_libraries); \
+off: none (consumers poll).",
+            &NOTIFY,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_notify),
+            None,
+            None,
+        );
+    }
+}
+
+/// Refuses `coalesced` when the library was not preloaded: there is no worker to send
+/// the notifications (SPEC 3.2). Postgres reports the refusal with our message.
+unsafe extern "C-unwind" fn check_notify(
+    newval: *mut c_int,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: newval points to the proposed value for the duration of the call.
+    let proposed = unsafe { *newval };
+    if proposed != NotifyMode::Coalesced.to_ordinal() || PRELOADED.load(Ordering::Acquire) {
+        return true;
+    }
+    // SAFETY: GUC_check_* are the documented way for a check hook to word its error;
+    // the strings are copied into palloc'd memory as guc.c expects.
+    unsafe {
+        pg_sys::GUC_check_errcode(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE as c_int,
+        );
+        pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(
+            c"txevents.notify = coalesced needs the extension preloaded: add txevents to shared_preload_libraries (postgresql.conf) and restart PostgreSQL".as_ptr(),
+        );
+    }
+    false
 }
 
 /// Registers `txevents.metrics_databases`. Only while the library is preloaded:

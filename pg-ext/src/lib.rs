@@ -2,16 +2,20 @@
 //!
 //! Plain Rust (unit-tested without a server): `validate`, `backoff`, `snapshot`,
 //! `poll_range` (where a poll reads next), `histogram`, `sqlstate`, `metrics_store`
-//! (the metrics' shared-memory layout), `tally` (a transaction's event counts).
+//! (the metrics' shared-memory layout), `tally` (a transaction's event counts),
+//! `coalesced_state` (the coalesced workers' shared state), `oid_slots`.
 //! The pgrx layer: `emit` (emit, invalidate, get), `outbox` (emit's direct insert with
 //! the executor's index maintenance), `consumer` (groups, poll, ack, nack, dead
 //! letters, prune), `capture`, `notify` (post-commit and 2PC NOTIFY), `metrics` (shared
-//! memory, transaction callbacks, `emit_log_hook`, the metric functions), `jsonb`, `guc`.
+//! memory, transaction callbacks, `emit_log_hook`, the metric functions), `coalesced`
+//! (the `coalesced` notify mode's worker), `shmem`, `jsonb`, `guc`.
 
 use pgrx::prelude::*;
 
 mod backoff;
 mod capture;
+mod coalesced;
+mod coalesced_state;
 mod consumer;
 mod emit;
 mod error;
@@ -21,9 +25,11 @@ mod jsonb;
 mod metrics;
 mod metrics_store;
 mod notify;
+mod oid_slots;
 mod outbox;
 mod plans;
 mod poll_range;
+mod shmem;
 mod snapshot;
 mod sqlstate;
 mod tally;
@@ -49,9 +55,16 @@ pub(crate) fn require_writable(function: &std::ffi::CStr) {
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     disable_rust_backtraces();
-    guc::register();
+    // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    guc::register(preloading);
     notify::register();
-    metrics::register();
+    if preloading {
+        guc::register_preload();
+        shmem::register();
+        metrics::register();
+        coalesced::register();
+    }
 }
 
 /// Keeps Rust backtraces out of error messages.

@@ -23,19 +23,13 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::error::{TxEventsError, TxResult};
-use crate::guc;
 use crate::metrics_store::{DbSnapshot, EventCounter, Store};
 use crate::sqlstate;
 use crate::tally::Tally;
 
-/// Name of the shared area in Postgres's shmem index.
-const SHMEM_NAME: &CStr = c"txevents metrics";
-
 static BASE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static SLOTS: AtomicUsize = AtomicUsize::new(0);
 
-static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
-static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
 static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
 
 thread_local! {
@@ -44,21 +38,12 @@ thread_local! {
     static COMMIT_START: Cell<Option<i64>> = const { Cell::new(None) };
 }
 
-/// Installs the shared-memory hooks, transaction callbacks and log hook when the
-/// library is being preloaded; does nothing otherwise. Called from `_PG_init`.
+/// Installs the transaction callbacks and log hook; called from `_PG_init` when the
+/// library is being preloaded (the shared area comes from `shmem`).
 pub fn register() {
-    // SAFETY: a flag the postmaster sets around loading shared_preload_libraries.
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        return;
-    }
-    guc::register_preload();
-    // SAFETY: hook chains and callback lists, written once in the postmaster while it
+    // SAFETY: hook chain and callback lists, written once in the postmaster while it
     // loads libraries (single-threaded); backends inherit them.
     unsafe {
-        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(shmem_request);
-        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(shmem_startup);
         PREV_EMIT_LOG = pg_sys::emit_log_hook;
         pg_sys::emit_log_hook = Some(emit_log);
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
@@ -85,40 +70,10 @@ fn require_store() -> TxResult<Store<'static>> {
     store().ok_or(TxEventsError::NotPreloaded)
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_request() {
-    // SAFETY: chaining to the previous hook, then asking for our bytes while requests
-    // are allowed (this hook is the place for it since PostgreSQL 15).
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_REQUEST {
-            prev();
-        }
-        pg_sys::RequestAddinShmemSpace(crate::metrics_store::size_for(guc::metrics_databases()));
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_startup() {
-    let slots = guc::metrics_databases();
-    let size = crate::metrics_store::size_for(slots);
-    // SAFETY: the standard ShmemInitStruct dance under AddinShmemInitLock
-    // (MainLWLockArray[21] in every supported major); a new area is zeroed, which is
-    // an empty store.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_STARTUP {
-            prev();
-        }
-        let lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let base = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), size, &mut found).cast::<u8>();
-        if !found {
-            std::ptr::write_bytes(base, 0, size);
-        }
-        pg_sys::LWLockRelease(lock);
-        SLOTS.store(slots, Ordering::Release);
-        BASE.store(base, Ordering::Release);
-    }
+/// Attaches the shared area of `slots` databases (from `shmem`'s startup hook).
+pub fn attach(base: *mut u8, slots: usize) {
+    SLOTS.store(slots, Ordering::Release);
+    BASE.store(base, Ordering::Release);
 }
 
 /// Whether this process is a client backend serving queries (not a background worker,

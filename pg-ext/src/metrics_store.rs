@@ -4,8 +4,7 @@
 //! Postgres's shared memory and feeds it. Every field is an atomic whose zero value
 //! is the empty state, so zeroed memory is a valid, empty store.
 //!
-//! - One [`DbSlot`] per database, claimed on first use by a compare-and-swap of its
-//!   key (open addressing from the database OID). Slots are never freed: when all are
+//! - One [`DbSlot`] per database, claimed on first use (`oid_slots`). Slots are never freed: when all are
 //!   taken, the transactions of further databases are counted in [`Header::untracked`].
 //! - Per slot: counters, two [`Histogram`]s, and up to [`MAX_ERROR_CODES`] distinct
 //!   SQLSTATEs ([`ErrorEntry`]), the rest counted in `errors_overflow`.
@@ -353,30 +352,7 @@ impl<'a> Store<'a> {
     /// The slot of database `oid`, claimed if it has none yet; `None` when every slot
     /// is taken by other databases (the caller counts that in `untracked`).
     pub fn slot(&self, oid: u32) -> Option<&'a DbSlot> {
-        let n = self.slots.len();
-        if n == 0 {
-            return None;
-        }
-        let key = u64::from(oid) + 1;
-        let start = (oid as usize).wrapping_mul(0x9E37_79B9) % n;
-        for i in 0..n {
-            let slot = &self.slots[(start + i) % n];
-            let current = slot.key.load(Ordering::Acquire);
-            if current == key {
-                return Some(slot);
-            }
-            if current == 0 {
-                match slot
-                    .key
-                    .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => return Some(slot),
-                    Err(other) if other == key => return Some(slot),
-                    Err(_) => {}
-                }
-            }
-        }
-        None
+        crate::oid_slots::claim(self.slots, |s| &s.key, oid)
     }
 
     /// Counts a transaction of a database that has no slot.
@@ -393,10 +369,7 @@ impl<'a> Store<'a> {
     pub fn read_all(&self) -> Vec<DbSnapshot> {
         self.slots
             .iter()
-            .filter_map(|slot| {
-                let key = slot.key.load(Ordering::Acquire);
-                (key != 0).then(|| slot.read((key - 1) as u32))
-            })
+            .filter_map(|slot| crate::oid_slots::oid_of(&slot.key).map(|oid| slot.read(oid)))
             .collect()
     }
 }

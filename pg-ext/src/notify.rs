@@ -94,7 +94,8 @@ pub fn register() {
     }
 }
 
-fn send(channel: &CStr, payload: &CStr) {
+/// Queues one NOTIFY in the current transaction (`Async_Notify`).
+pub fn send(channel: &CStr, payload: &CStr) {
     // SAFETY: both are valid C strings for the call; a Postgres ERROR raised inside
     // is turned into a Rust panic that pgrx reports as that ERROR.
     unsafe {
@@ -170,6 +171,10 @@ unsafe extern "C-unwind" fn process_utility(
     if kind == Some(pg_sys::TransactionStmtKind::TRANS_STMT_PREPARE) {
         PREPARE_GID.with(|g| *g.borrow_mut() = gid.clone());
     }
+    // SAFETY: as above.
+    if let Some(oid) = unsafe { dropped_database(pstmt) } {
+        crate::coalesced::stop_for_drop(oid);
+    }
     // SAFETY: forwarding the arguments unchanged down the hook chain.
     unsafe {
         match PREV_PROCESS_UTILITY {
@@ -196,11 +201,33 @@ unsafe extern "C-unwind" fn process_utility(
         }
     }
     if kind == Some(pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED) {
+        // The prepared transaction may hold a coalesced marker: wake the worker.
+        crate::coalesced::wake_at_commit();
         if let Some(gid) = gid {
             if let Err(e) = publish_prepared(&gid) {
                 e.raise();
             }
         }
+    }
+}
+
+/// The OID of the database a `DROP DATABASE` statement drops, if it exists.
+unsafe fn dropped_database(pstmt: *mut pg_sys::PlannedStmt) -> Option<u32> {
+    // SAFETY: the caller passes a valid PlannedStmt; utilityStmt is a Node or null.
+    unsafe {
+        if pstmt.is_null() {
+            return None;
+        }
+        let node = (*pstmt).utilityStmt;
+        if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_DropdbStmt {
+            return None;
+        }
+        let stmt = node.cast::<pg_sys::DropdbStmt>();
+        if (*stmt).dbname.is_null() {
+            return None;
+        }
+        let oid = pg_sys::get_database_oid((*stmt).dbname, true);
+        (oid != pg_sys::InvalidOid).then(|| oid.to_u32())
     }
 }
 
