@@ -309,3 +309,38 @@ async def test_handlers_get_event_fields_in_their_annotated_types(
     await run_until(bus, lambda: bool(received))
     assert received == [sent]
     assert isinstance(received[0].lines[0], Line)
+
+
+async def test_a_hung_handler_holds_the_worker_for_the_lease_only(
+    session: AsyncSession, db: Database
+) -> None:
+    # A handler that never returns used to stall the worker for good, while its claim
+    # ran out and another worker could take the same event.
+    bus = EventBus(
+        db.plain_url,
+        group="hang",
+        lease=timedelta(seconds=1),
+        batch_size=4,
+        max_attempts=2,
+        backoff_base=timedelta(milliseconds=50),
+        poll_interval=timedelta(milliseconds=20),
+    )
+    handled: list[int] = []
+
+    @bus.subscribe(Flaky)
+    async def handle(event: Flaky) -> None:
+        if event.n == 0:
+            await asyncio.Event().wait()  # hangs
+        handled.append(event.n)
+
+    await bus.ensure_group()
+    await emit(session, Flaky(n=0), Flaky(n=1), Flaky(n=2))
+    # The events behind the hung one were left unclaimed when the lease ran out: they
+    # come back (attempt 2) and are handled, while the hung one is nacked each time.
+    await run_until(
+        bus,
+        lambda: sorted(handled) == [1, 2] and bool(db.query("SELECT 1 FROM txevents.dead_letters")),
+        within=15,
+    )
+    [(error,)] = db.query("SELECT last_error FROM txevents.dead_letters")
+    assert error == "TimeoutError: the handlers did not finish within the claim's lease (0:00:01)"

@@ -90,7 +90,8 @@ class EventBus:
     ``dsn_or_engine`` is a database URL (``postgresql://...``; the psycopg driver is used)
     or a SQLAlchemy ``AsyncEngine``. ``max_attempts``, ``backoff_base`` and
     ``backoff_max`` apply when the bus creates the group (``txevents.create_consumer``).
-    A worker claims ``batch_size`` events per poll for ``lease``; it wakes on
+    A worker claims ``batch_size`` events per poll for ``lease``, the time its handlers
+    have for the batch (see :meth:`run_once`); it wakes on
     ``LISTEN channel`` (psycopg engines) and polls every ``poll_interval`` anyway (retries
     fall due without a notification).
 
@@ -278,11 +279,21 @@ class EventBus:
         finally:
             _current.reset(token)
 
-    async def process(self, delivery: Delivery) -> bool:
+    async def process(self, delivery: Delivery, *, deadline: float | None = None) -> bool:
         """Handle one claimed event, then ack it, or nack it with the exception's text.
-        Returns True when acked."""
+        With ``deadline`` (the running loop's ``time()``), handlers still running then
+        are cancelled and the event is nacked with a ``TimeoutError``. Returns True when
+        acked."""
         try:
-            await self.handle(delivery)
+            try:
+                async with asyncio.timeout_at(deadline) as scope:
+                    await self.handle(delivery)
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                raise TimeoutError(
+                    f"the handlers did not finish within the claim's lease ({self.lease})"
+                ) from None
         except Exception as exc:
             log.warning(
                 "%s %s (attempt %d) failed: %s",
@@ -303,13 +314,27 @@ class EventBus:
         A stop request (:meth:`stop`) lets the batch finish. If the task is cancelled,
         the events of the batch not yet done (the interrupted one included) are given
         back at once with ``nack(..., retry_after => 0)``, so another worker takes them
-        without waiting for the lease (this counts as an attempt)."""
+        without waiting for the lease (this counts as an attempt).
+
+        The batch is claimed for ``lease``: past it, another worker may claim the same
+        events. So handlers still running when the lease ends are cancelled and their
+        event nacked (``TimeoutError``, the group's backoff applies), and the events not
+        started by then are left unclaimed for the next poll. A hung handler therefore
+        holds the worker for at most ``lease``."""
         if not self._group_ready:
             await self.ensure_group()
+        loop = asyncio.get_running_loop()
+        lease_ends = loop.time() + self.lease.total_seconds()
         batch = await self.poll()
         for index, delivery in enumerate(batch):
+            if loop.time() >= lease_ends:
+                log.warning(
+                    "the lease of the batch ran out: %d events left for the next poll",
+                    len(batch) - index,
+                )
+                break
             try:
-                await self.process(delivery)
+                await self.process(delivery, deadline=lease_ends)
             except BaseException:
                 # Cancelled (or a failed ack/nack): give the rest back now.
                 await asyncio.shield(self._release(batch[index:]))
