@@ -97,3 +97,58 @@ def test_worker_entry_point_refuses_what_is_not_an_event_bus(db: Database, tmp_p
     output, _ = worker.communicate(timeout=60)
     assert worker.returncode == 2
     assert "no module named 'no_such_module'" in output
+
+
+def test_worker_entry_point_refuses_a_bad_log_level(db: Database, tmp_path: Path) -> None:
+    # Used to be a ValueError traceback from logging.basicConfig.
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cachetx", "worker", "worker_app:event_bus", "--log-level", "LOUD"],
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 2, output
+    assert "unknown logging level 'LOUD'" in output
+    assert "Traceback" not in output
+
+
+async def test_a_second_sigterm_stops_a_worker_stuck_in_a_handler(
+    session: AsyncSession, db: Database, tmp_path: Path
+) -> None:
+    # The first SIGTERM waits for the batch in hand; with a hung handler that took the
+    # whole lease (30 s), and SIGTERM again did nothing.
+    setup = EventBus(db.plain_url, group="hangs")
+    setup.subscribe(Tick)(record_nothing)
+    await setup.ensure_group()
+    await setup.close()
+    manager = TransactionManager(SqlAlchemyUnitOfWork(session))
+
+    @manager.transactional
+    async def publish() -> None:
+        manager.add_event(Tick(n=1))
+
+    await publish()
+    out = tmp_path / "started.txt"
+    worker = start_worker(db, out, target="worker_app:hanging_bus")
+    try:
+        deadline = time.monotonic() + 30
+        while not out.exists():
+            assert worker.poll() is None, worker.communicate()[0]
+            assert time.monotonic() < deadline, "the handler did not start"
+            await asyncio.sleep(0.02)
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert worker.poll() is None  # the first one waits for the handler
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 1, output
+    assert "second signal" in output
+    # Given back at once, not after the 30 s lease.
+    rows = db.query("SELECT payload FROM txevents.poll('hangs', 10)")
+    assert rows == [({"n": 1},)]

@@ -36,3 +36,17 @@ async def record(event: Tick) -> None:
 
 
 not_a_bus = object()
+
+
+hanging_bus = EventBus(
+    os.environ.get("CACHETX_TEST_DSN", "postgresql:///unset"),
+    group="hangs",
+    poll_interval=timedelta(milliseconds=50),
+)
+
+
+@hanging_bus.subscribe(Tick)
+async def hang(event: Tick) -> None:
+    with open(os.environ["CACHETX_TEST_OUT"], "a") as out:  # noqa: ASYNC230
+        out.write("started\n")
+    await asyncio.Event().wait()

@@ -2,7 +2,8 @@
 
 The module is imported with the current directory on ``sys.path`` (as uvicorn and arq
 do); the attribute must be an :class:`~cachetx.EventBus`. SIGTERM and SIGINT finish the
-batch in hand and exit with status 0.
+batch in hand and exit with status 0; a second one gives the unfinished events back at
+once and exits with status 1.
 """
 
 from __future__ import annotations
@@ -47,17 +48,33 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="consume an EventBus's consumer group")
     worker.add_argument("bus", help="module:attribute of the EventBus, e.g. app:event_bus")
-    worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    worker.add_argument(
+        "--log-level",
+        default="INFO",
+        type=_log_level,
+        help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         bus = load_bus(args.bus)
     except WorkerConfigError as exc:
         parser.error(str(exc))
-    asyncio.run(bus.run(handle_signals=True))
+    try:
+        asyncio.run(bus.run(handle_signals=True))
+    except asyncio.CancelledError:  # a second SIGTERM/SIGINT: the batch was given back
+        logging.getLogger("cachetx.worker").warning("worker cancelled")
+        return 1
     return 0
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(f"unknown logging level {value!r}")
+    return level
 
 
 if __name__ == "__main__":

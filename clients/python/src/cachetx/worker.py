@@ -8,9 +8,10 @@
   whichever comes first; a full batch is followed by another poll at once.
 - Stop request (``EventBus.stop()``, SIGTERM/SIGINT with ``handle_signals``): the batch in
   hand is finished (handled and acked or nacked), nothing more is claimed, the loop
-  returns. Cancellation: the interrupted event and the rest of the batch are released
-  (``nack`` with ``retry_after => 0``) before ``CancelledError`` propagates. Either way no
-  claimed event is left waiting for its lease, and none is lost.
+  returns. A second SIGTERM/SIGINT cancels the run instead.
+- Cancellation: the interrupted event and the rest of the batch are released (``nack``
+  with ``retry_after => 0``) before ``CancelledError`` propagates. Either way no claimed
+  event is left waiting for its lease, and none is lost.
 - Database errors (server restart, connection lost) are logged and retried after
   ``poll_interval``: claims left behind come back when their lease runs out.
 """
@@ -37,8 +38,19 @@ async def run_worker(bus: EventBus, *, handle_signals: bool = False) -> None:
     loop = asyncio.get_running_loop()
     stopped = bus._start_run()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    this_run = asyncio.current_task()
+
+    def on_signal() -> None:
+        if bus.stop_requested and this_run is not None:
+            # A second signal: do not wait for the batch in hand (a slow handler, an
+            # impatient operator); cancelling gives its unfinished events back at once.
+            log.warning("second signal: cancelling; unfinished events are given back")
+            this_run.cancel()
+        else:
+            bus.stop()
+
     for sig in signals:
-        loop.add_signal_handler(sig, bus.stop)
+        loop.add_signal_handler(sig, on_signal)
     wake = asyncio.Event()
     listener: asyncio.Task[None] | None = None
     try:
