@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -204,7 +204,7 @@ class CacheService:
         refresh: timedelta | None = None,
         lease: timedelta = DEFAULT_LEASE,
         serializer: Serializer | None = None,
-    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
         """Cache an async function's results for ``expire``, with single flight.
 
         - Key: :func:`cachetx.keys.default_key` (``<module>.<qualname>:<JSON args>``), or
@@ -235,7 +235,7 @@ class CacheService:
                 raise InvalidExpireError("refresh must be shorter than expire")
         codec = serializer or self.serializer
 
-        def decorator(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        def decorator(func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
             if not inspect.iscoroutinefunction(func):
                 raise TypeError(f"cached() needs an async function, got {func!r}")
             try:

@@ -13,7 +13,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -173,7 +173,7 @@ class TransactionManager:
         """Queue ``event`` for the current transaction (written only if it commits)."""
         self.uow.add_event(event, headers=headers)
 
-    def transactional(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    def transactional(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         """Decorate a coroutine function: it runs in a transaction that commits (with its
         events) when it returns and rolls back when it raises. A ``transactional`` call
         made inside another joins the outer transaction."""
