@@ -24,6 +24,7 @@ from cachetx import (
     InvalidExpireError,
     InvalidPrefixError,
     LatencySummary,
+    SerializationError,
 )
 from cachetx.keys import default_key
 
@@ -443,3 +444,9 @@ async def test_a_wait_hint_of_zero_does_not_spin() -> None:
     assert await load() == 1
     # asyncio.sleep(0) between FETCHes: 20 round trips in no time, a busy loop.
     assert time.monotonic() - started >= 0.02
+
+
+async def test_a_value_utf8_cannot_hold_is_a_serialization_error(cache: CacheService) -> None:
+    # A lone surrogate (os.fsdecode of a bad file name) escaped as UnicodeEncodeError.
+    with pytest.raises(SerializationError):
+        await cache.set("k", {"path": "b\udcffd"}, expire=60)

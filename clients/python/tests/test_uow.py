@@ -259,3 +259,21 @@ async def test_nested_blocks_on_one_unit_of_work_join_the_outer_transaction(
             tx.add_event(Plain(n=4))
     assert db.query("SELECT id FROM candidates") == [("h",)]
     assert [row[3] for row in outbox(db)] == [{"n": 3}, {"n": 4}]
+
+
+async def test_an_event_postgres_cannot_store_fails_at_add_event(
+    session: AsyncSession, db: Database
+) -> None:
+    # jsonb refuses NUL and UTF-8 cannot hold lone surrogates: such events used to be
+    # accepted by add_event and fail the whole transaction at commit.
+    uow = SqlAlchemyUnitOfWork(session)
+    async with transaction_context(uow) as tx:
+        for text_ in ["nul \x00", "b\udcffd"]:
+            with pytest.raises(EventError, match="cannot encode process.renamed"):
+                tx.add_event(Renamed(aggregate_id=1, name=text_))
+            with pytest.raises(EventError):
+                tx.add_event(Plain(n=1), headers={"h": text_})
+        tx.add_event(Renamed(aggregate_id=1, name="a backslash and u0000: \\u0000"))
+    assert [row[3] for row in outbox(db)] == [
+        {"aggregate_id": 1, "name": "a backslash and u0000: \\u0000"}
+    ]

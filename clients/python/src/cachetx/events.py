@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import EventError, SerializationError
-from .serialization import dumps_json, from_jsonable, is_pydantic_model
+from .serialization import dumps_json, encode_utf8, from_jsonable, is_pydantic_model
+
+# The JSON escape of NUL (not preceded by an escaped backslash).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _check_event_class(cls: Any) -> type:
@@ -60,6 +64,11 @@ def encode_event(event: Any, headers: dict[str, Any] | None = None) -> EncodedEv
     try:
         payload = dumps_json(event)
         header_text = dumps_json(headers or {})
+        for text in (payload, header_text):
+            encode_utf8(text)
+            if _JSON_NUL.search(text):
+                # jsonb refuses it, at emit time: the whole transaction would fail at commit.
+                raise SerializationError("a string holds a NUL character, which jsonb refuses")
     except SerializationError as exc:
         raise EventError(f"cannot encode {event_type}: {exc}") from exc
     if headers is not None and not isinstance(headers, dict):

@@ -87,6 +87,15 @@ def dumps_json(value: Any, *, sort_keys: bool = False) -> str:
         raise SerializationError(f"cannot encode value as JSON: {exc}") from exc
 
 
+def encode_utf8(text: str) -> bytes:
+    """``text`` as UTF-8; :class:`SerializationError` for lone surrogates (e.g. from
+    ``os.fsdecode`` of a bad file name), which UTF-8 cannot hold."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SerializationError(f"cannot encode value as UTF-8 JSON: {exc}") from exc
+
+
 def from_jsonable(data: Any, cls: Any) -> Any:
     """Rebuild a value of type ``cls`` from its JSON form (what :func:`dumps_json` wrote).
 
@@ -210,7 +219,7 @@ class JsonSerializer:
 
     def dumps(self, value: Any) -> bytes:
         """Encode ``value`` as JSON bytes."""
-        return dumps_json(value).encode("utf-8")
+        return encode_utf8(dumps_json(value))
 
     def loads(self, data: bytes | str) -> Any:
         """Decode JSON bytes (or text, for clients with ``decode_responses=True``)."""
