@@ -5,6 +5,8 @@ mod backoff;
 mod collect;
 mod config;
 mod demo;
+mod exporter;
+mod metrics;
 mod pg;
 mod plan;
 mod redis_client;
@@ -32,6 +34,8 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Run the recruitment scenario on private (or configured) servers: leases vs cache-aside.
     Demo(demo::DemoArgs),
+    /// Serve both servers' figures on /metrics for Prometheus.
+    Exporter(exporter::ExporterArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => {
             let shutdown = shutdown_on_signals()?;
             demo::run(args, shutdown).await
+        }
+        Command::Exporter(args) => {
+            let shutdown = shutdown_on_signals()?;
+            exporter::run(args, shutdown).await
         }
         Command::Stats(args) => {
             let shutdown = shutdown_on_signals()?;

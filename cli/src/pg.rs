@@ -14,6 +14,18 @@ pub struct PgConn {
     pub client: Client,
     /// LISTEN notifications.
     pub notifications: mpsc::UnboundedReceiver<Notification>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl PgConn {
+    /// Ends the session cleanly (Terminate), so the server does not log and count a
+    /// lost connection when this process exits right after.
+    pub async fn close(self) {
+        drop(self.client);
+        // The driver finishes once it has sent Terminate; a stuck server is not
+        // worth waiting for on the way out.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.driver).await;
+    }
 }
 
 /// Connects and starts driving the connection in a task.
@@ -23,7 +35,7 @@ pub async fn connect(config: &Config) -> Result<PgConn> {
         .await
         .context("cannot connect to Postgres")?;
     let (tx, notifications) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
@@ -44,6 +56,7 @@ pub async fn connect(config: &Config) -> Result<PgConn> {
     Ok(PgConn {
         client,
         notifications,
+        driver,
     })
 }
 

@@ -90,8 +90,12 @@ pub async fn gather(args: &StatsArgs) -> Report {
         Section::Unavailable("Postgres skipped (--no-postgres)".into())
     } else {
         match args.pg.config() {
-            Ok(config) => match pg::client(&config).await {
-                Ok(client) => Section::Available(collect::transactions(&client).await),
+            Ok(config) => match pg::connect(&config).await {
+                Ok(conn) => {
+                    let figures = collect::transactions(&conn.client).await;
+                    conn.close().await;
+                    Section::Available(figures)
+                }
                 Err(e) => Section::Unavailable(format!(
                     "Postgres: {e:#} (set DATABASE_URL or PG*, or pass --no-postgres)"
                 )),

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod nscache;
 pub mod pg_cluster;
 pub mod ports;
+pub mod prometheus;
 pub mod redis_server;
 pub mod tempdir;
 
