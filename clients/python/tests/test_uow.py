@@ -269,7 +269,7 @@ async def test_an_event_postgres_cannot_store_fails_at_add_event(
     uow = SqlAlchemyUnitOfWork(session)
     async with transaction_context(uow) as tx:
         for text_ in ["nul \x00", "b\udcffd"]:
-            with pytest.raises(EventError, match="cannot encode process.renamed"):
+            with pytest.raises(EventError, match=r"cannot encode process\.renamed"):
                 tx.add_event(Renamed(aggregate_id=1, name=text_))
             with pytest.raises(EventError):
                 tx.add_event(Plain(n=1), headers={"h": text_})
@@ -277,3 +277,15 @@ async def test_an_event_postgres_cannot_store_fails_at_add_event(
     assert [row[3] for row in outbox(db)] == [
         {"aggregate_id": 1, "name": "a backslash and u0000: \\u0000"}
     ]
+
+
+def test_transactional_refuses_a_plain_function_at_decoration(session: AsyncSession) -> None:
+    # Like cached() and subscribe(): a sync function used to run inside the transaction
+    # and then fail at the await, rolling its work back.
+    manager = TransactionManager(SqlAlchemyUnitOfWork(session))
+
+    def sync_work() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="async function"):
+        manager.transactional(sync_work)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -177,6 +178,10 @@ class TransactionManager:
         """Decorate a coroutine function: it runs in a transaction that commits (with its
         events) when it returns and rolls back when it raises. A ``transactional`` call
         made inside another joins the outer transaction."""
+        if not inspect.iscoroutinefunction(func):
+            # A plain function would run inside the transaction, then fail at the await
+            # with a TypeError that rolls its work back.
+            raise TypeError(f"transactional needs an async function, got {func!r}")
 
         @functools.wraps(func)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
