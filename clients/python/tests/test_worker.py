@@ -98,6 +98,13 @@ def test_worker_entry_point_refuses_what_is_not_an_event_bus(db: Database, tmp_p
     assert worker.returncode == 2
     assert "no module named 'no_such_module'" in output
 
+    # Used to get past the usage checks and die in ensure_group with a traceback.
+    worker = start_worker(db, tmp_path / "x", target="worker_app:no_subscriber_bus")
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 2, output
+    assert "has no subscriber" in output
+    assert "Traceback" not in output
+
 
 def test_worker_entry_point_refuses_a_bad_log_level(db: Database, tmp_path: Path) -> None:
     # Used to be a ValueError traceback from logging.basicConfig.

@@ -50,3 +50,6 @@ async def hang(event: Tick) -> None:
     with open(os.environ["CACHETX_TEST_OUT"], "a") as out:  # noqa: ASYNC230
         out.write("started\n")
     await asyncio.Event().wait()
+
+
+no_subscriber_bus = EventBus("postgresql:///unset", group="nobody")

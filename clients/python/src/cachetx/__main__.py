@@ -39,6 +39,8 @@ def load_bus(path: str) -> EventBus:
             raise WorkerConfigError(f"{module_name!r} has no attribute {attribute!r}") from None
     if not isinstance(obj, EventBus):
         raise WorkerConfigError(f"{path} is a {type(obj).__qualname__}, not a cachetx.EventBus")
+    if not obj.event_types:
+        raise WorkerConfigError(f"{path} has no subscriber: nothing to consume")
     return obj
 
 
