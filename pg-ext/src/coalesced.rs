@@ -76,14 +76,9 @@ fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// Installs the transaction callbacks and registers the starter worker; called from
-/// `_PG_init` while preloading.
+/// Registers the starter worker; called from `_PG_init` while preloading (transaction
+/// events come through `xact`).
 pub fn register() {
-    // SAFETY: callback lists, written once in the postmaster while it loads libraries.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
-    }
     BackgroundWorkerBuilder::new("txevents coalesced starter")
         .set_type("txevents coalesced starter")
         .set_library("txevents")
@@ -129,11 +124,8 @@ pub fn wake_at_commit() {
     WAKE.set(true);
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
+/// A transaction event (from `xact`).
+pub fn on_xact(event: pg_sys::XactEvent::Type) {
     match event {
         // Before the commit an ERROR is still allowed (it aborts the transaction).
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE
@@ -159,17 +151,10 @@ unsafe extern "C-unwind" fn xact_callback(
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    // The marker row goes with the subtransaction that wrote it (or a parent of it).
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
-        && MARKED.get().is_some_and(|s| s >= my_subid)
-    {
+/// Rollback of subtransaction `my_subid` (from `xact`): the marker row goes with the
+/// subtransaction that wrote it (or a parent of it).
+pub fn on_subxact_abort(my_subid: pg_sys::SubTransactionId) {
+    if MARKED.get().is_some_and(|s| s >= my_subid) {
         MARKED.set(None);
     }
 }

@@ -8,7 +8,8 @@
 //! the executor's index maintenance), `consumer` (groups, poll, ack, nack, dead
 //! letters, prune), `capture`, `notify` (post-commit and 2PC NOTIFY), `metrics` (shared
 //! memory, transaction callbacks, `emit_log_hook`, the metric functions), `coalesced`
-//! (the `coalesced` notify mode's worker), `shmem`, `jsonb`, `guc`.
+//! (the `coalesced` notify mode's worker), `shmem`, `xact` (the transaction callbacks,
+//! one pair for all modules), `jsonb`, `guc`.
 
 use pgrx::prelude::*;
 
@@ -34,6 +35,7 @@ mod snapshot;
 mod sqlstate;
 mod tally;
 mod validate;
+mod xact;
 
 pgrx::pg_module_magic!();
 
@@ -59,6 +61,7 @@ pub extern "C-unwind" fn _PG_init() {
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     guc::register(preloading);
     notify::register();
+    xact::register(preloading);
     if preloading {
         guc::register_preload();
         shmem::register();

@@ -15,7 +15,7 @@
 //! the SQL functions behind the metric views raise a 55000 error naming the setting.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::{c_void, CStr};
+use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
@@ -38,16 +38,14 @@ thread_local! {
     static COMMIT_START: Cell<Option<i64>> = const { Cell::new(None) };
 }
 
-/// Installs the transaction callbacks and log hook; called from `_PG_init` when the
-/// library is being preloaded (the shared area comes from `shmem`).
+/// Installs the log hook; called from `_PG_init` when the library is being preloaded
+/// (the shared area comes from `shmem`, transaction events through `xact`).
 pub fn register() {
     // SAFETY: hook chain and callback lists, written once in the postmaster while it
     // loads libraries (single-threaded); backends inherit them.
     unsafe {
         PREV_EMIT_LOG = pg_sys::emit_log_hook;
         pg_sys::emit_log_hook = Some(emit_log);
-        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
     }
 }
 
@@ -108,13 +106,14 @@ pub fn count(counter: EventCounter, n: u64) {
     TALLY.with(|t| t.borrow_mut().add(subxact, counter, n));
 }
 
-unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
-    // An ERROR (or a panic) here would be raised from inside COMMIT or ABORT: nothing in
-    // on_xact raises, and a panic is dropped rather than unwound into xact.c.
-    let _ = catch_unwind(|| on_xact(event));
+/// A transaction event (from `xact`).
+pub fn on_xact(event: pg_sys::XactEvent::Type) {
+    // An ERROR (or a panic turned into one) would be raised from inside COMMIT or
+    // ABORT: nothing here raises, and a panic is dropped rather than passed on.
+    let _ = catch_unwind(|| record_xact_event(event));
 }
 
-fn on_xact(event: pg_sys::XactEvent::Type) {
+fn record_xact_event(event: pg_sys::XactEvent::Type) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if is_client_backend() => {
             COMMIT_START.set(Some(now()));
@@ -179,15 +178,9 @@ const COUNTERS: [EventCounter; crate::metrics_store::EVENT_COUNTERS] = [
     EventCounter::Redriven,
 ];
 
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut c_void,
-) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        let _ = catch_unwind(|| TALLY.with(|t| t.borrow_mut().abort_sub(my_subid)));
-    }
+/// Rollback of subtransaction `my_subid` (from `xact`): its event counts go with it.
+pub fn on_subxact_abort(my_subid: pg_sys::SubTransactionId) {
+    let _ = catch_unwind(|| TALLY.with(|t| t.borrow_mut().abort_sub(my_subid)));
 }
 
 unsafe extern "C-unwind" fn emit_log(edata: *mut pg_sys::ErrorData) {

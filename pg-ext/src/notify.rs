@@ -20,7 +20,7 @@
 //! backend (it is, in the emitting one; for the committing one, preload the library).
 
 use std::cell::RefCell;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, CStr, CString};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -82,13 +82,12 @@ pub fn queue(channel: CString, payload: String) -> TxResult<()> {
     Ok(())
 }
 
-/// Installs the transaction callbacks and the utility hook; called from `_PG_init`.
+/// Installs the utility hook; called from `_PG_init` (transaction events come
+/// through `xact`).
 pub fn register() {
     // SAFETY: registration functions of xact.c, called once at library load; the
     // hook chain is read and written only here, in the single backend thread.
     unsafe {
-        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
         PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
         pg_sys::ProcessUtility_hook = Some(process_utility);
     }
@@ -103,8 +102,8 @@ pub fn send(channel: &CStr, payload: &CStr) {
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+/// A transaction event (from `xact`).
+pub fn on_xact(event: pg_sys::XactEvent::Type) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
@@ -140,18 +139,10 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut c_void,
-) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        // Subtransaction ids only grow, and every subtransaction started since
-        // `my_subid` is its child (or released into it): drop them all.
-        PENDING.with(|p| p.borrow_mut().retain(|n| n.subxact < my_subid));
-    }
+/// Rollback of subtransaction `my_subid` (from `xact`): drops what it and its children
+/// queued.
+pub fn on_subxact_abort(my_subid: pg_sys::SubTransactionId) {
+    PENDING.with(|p| p.borrow_mut().retain(|n| n.subxact < my_subid));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -250,6 +250,23 @@ fn an_open_transaction_does_not_hold_back_other_notifications() {
     open.batch_execute("COMMIT").expect("commit");
     let got = listener.until(|r| !r.is_empty());
     assert_eq!(got.iter().map(|r| id_of(r)).collect::<Vec<_>>(), vec![held]);
+    // The worker counts what it published in the database's metrics (its transaction's
+    // commit adds them, right around the time the listener is told).
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let published: i64 = other
+            .query_one(
+                "SELECT events_published FROM txevents.metrics WHERE datname = current_database()",
+                &[],
+            )
+            .expect("metrics")
+            .get(0);
+        if published == 2 || Instant::now() > deadline {
+            assert_eq!(published, 2, "two events published by the worker");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
