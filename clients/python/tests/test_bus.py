@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import decimal
 import enum
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -344,3 +345,30 @@ async def test_a_hung_handler_holds_the_worker_for_the_lease_only(
     )
     [(error,)] = db.query("SELECT last_error FROM txevents.dead_letters")
     assert error == "TimeoutError: the handlers did not finish within the claim's lease (0:00:01)"
+
+
+@dataclass
+class Added:
+    n: int
+
+
+async def test_a_subscriber_the_existing_group_does_not_cover_is_reported(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A handler added to the code of a service whose group already exists never ran,
+    # silently: the group keeps the event types it was created with.
+    first = EventBus(db.plain_url, group="grows")
+    first.subscribe(Flaky)(_ignore)
+    assert await first.ensure_group()
+    await first.close()
+    second = EventBus(db.plain_url, group="grows")
+    second.subscribe(Flaky)(_ignore)
+    second.subscribe(Added)(_ignore)
+    with caplog.at_level(logging.WARNING, logger="cachetx.bus"):
+        assert await second.ensure_group() is False
+    await second.close()
+    assert "exists without event types Added" in caplog.text
+
+
+async def _ignore(event: object) -> None:
+    pass

@@ -211,9 +211,37 @@ class EventBus:
                 )
             elif sqlstate != "42710":  # duplicate_object
                 raise
+            else:
+                await self._check_group_types()
             created = False
         self._group_ready = True
         return created
+
+    async def _check_group_types(self) -> None:
+        """Warn when the existing group does not cover every subscribed type: events of
+        the others are never delivered to it. Best effort: reading the group's row
+        needs the extension owner's rights; without them nothing is checked."""
+        try:
+            async with self.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        text("SELECT event_types FROM txevents.consumers WHERE name = :g"),
+                        {"g": self.group},
+                    )
+                ).first()
+        except DBAPIError:
+            return
+        if row is None or row.event_types is None:  # NULL: every type
+            return
+        missing = sorted(set(self.event_types) - set(row.event_types))
+        if missing:
+            log.warning(
+                "consumer group %r exists without event types %s: their handlers will "
+                "never run; recreate the group (txevents.drop_consumer, then start the "
+                "worker) or subscribe them in a new group",
+                self.group,
+                ", ".join(missing),
+            )
 
     async def poll(self) -> list[Delivery]:
         """Claim up to ``batch_size`` events for ``lease`` (``txevents.poll``, in its own
