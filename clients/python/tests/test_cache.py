@@ -7,6 +7,7 @@ import datetime
 import decimal
 import enum
 import logging
+import pickle
 import time
 import uuid
 from dataclasses import dataclass
@@ -424,7 +425,7 @@ class _WaitZeroRedis:
     def __init__(self) -> None:
         self.fetches = 0
 
-    async def execute_command(self, *args: object) -> object:
+    async def execute_command(self, *args: object, **options: object) -> object:
         assert args[0] == "NSCACHE.FETCH"
         self.fetches += 1
         if self.fetches <= 20:
@@ -450,3 +451,35 @@ async def test_a_value_utf8_cannot_hold_is_a_serialization_error(cache: CacheSer
     # A lone surrogate (os.fsdecode of a bad file name) escaped as UnicodeEncodeError.
     with pytest.raises(SerializationError):
         await cache.set("k", {"path": "b\udcffd"}, expire=60)
+
+
+class PickleSerializer:
+    def dumps(self, value: object) -> bytes:
+        return pickle.dumps(value)
+
+    def loads(self, data: bytes | str) -> object:
+        assert isinstance(data, bytes)
+        return pickle.loads(data)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_binary_serializer_works_on_a_client_that_decodes_responses(
+    redis_server: RedisServer, prefix: str, protocol: int
+) -> None:
+    # redis-py decoded the stored bytes as UTF-8 before the serializer saw them:
+    # UnicodeDecodeError for pickle, msgpack... on decode_responses=True clients.
+    client = aioredis.Redis(port=redis_server.port, decode_responses=True, protocol=protocol)
+    try:
+        cache = CacheService(client, prefix=prefix, serializer=PickleSerializer())
+        await cache.set("k", {"raw": b"\xff\x00"}, expire=60)
+        assert await cache.get("k") == {"raw": b"\xff\x00"}
+
+        @cache.cached(expire=60)
+        async def load() -> object:
+            return {"raw": b"\xfe"}
+
+        assert await load() == {"raw": b"\xfe"}
+        assert await load() == {"raw": b"\xfe"}  # a hit through NSCACHE.FETCH
+        assert (await cache.stats()).hits == 2
+    finally:
+        await client.aclose()

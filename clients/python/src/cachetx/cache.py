@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
+from redis.client import NEVER_DECODE
 from redis.exceptions import NoPermissionError, ResponseError
 
 from .errors import CachetxError, InvalidExpireError, InvalidPrefixError
@@ -156,9 +157,15 @@ class CacheService:
         # redis-py's execute_command is untyped; replies are checked where they are used.
         return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
 
+    async def _read(self, *args: Any) -> Any:
+        """A command whose reply carries stored values: read as bytes even when the
+        client decodes responses, so a serializer's bytes (not UTF-8 text, e.g. pickle
+        or msgpack) reach ``loads`` intact instead of failing in redis-py's decoder."""
+        return await self.redis.execute_command(*args, **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
+
     async def get(self, key: str | bytes) -> Any | None:
         """The value stored under ``key``, or None when there is none (a miss)."""
-        raw = await self._command("NSCACHE.GET", self.prefix, key)
+        raw = await self._read("NSCACHE.GET", self.prefix, key)
         return None if raw is None else self.serializer.loads(raw)
 
     async def set(self, key: str | bytes, value: Any, expire: timedelta | int | float) -> bool:
@@ -278,7 +285,7 @@ class CacheService:
             fetch += ["REFRESH", window_ms]
         while True:
             try:
-                reply = await self._command(*fetch)
+                reply = await self._read(*fetch)
             except (ResponseError, NoPermissionError) as exc:
                 if not _lacks_command(exc):
                     raise
@@ -358,7 +365,7 @@ class CacheService:
         codec: Serializer,
         return_type: Any,
     ) -> R:
-        raw = await self._command("NSCACHE.GET", self.prefix, key)
+        raw = await self._read("NSCACHE.GET", self.prefix, key)
         if raw is not None:
             return typing.cast(R, self._decode(codec, raw, return_type))
         value = await compute()
