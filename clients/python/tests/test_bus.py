@@ -372,3 +372,29 @@ async def test_a_subscriber_the_existing_group_does_not_cover_is_reported(
 
 async def _ignore(event: object) -> None:
     pass
+
+
+async def test_a_payload_nested_too_deep_for_python_is_dead_lettered_not_a_crash(
+    db: Database,
+) -> None:
+    # Valid jsonb (a captured table, another producer) nested deeper than Python's
+    # recursion limit: psycopg's decoding raised RecursionError inside poll, which rolled
+    # the claims back, so every poll failed the same way and the worker crashed, with
+    # the good events of the batch stuck behind the poison one.
+    bus = EventBus(db.plain_url, group="deep", max_attempts=1)
+    handled: list[int] = []
+
+    @bus.subscribe(Flaky)
+    async def handle(event: Flaky) -> None:
+        handled.append(event.n)
+
+    await bus.ensure_group()
+    depth = 3000
+    db.query("SELECT txevents.emit('Flaky', %s::jsonb)", '{"n":' + "[" * depth + "]" * depth + "}")
+    db.query("SELECT txevents.emit('Flaky', '{\"n\": 1}')")
+    assert await bus.run_once() == 2
+    await bus.close()
+    assert handled == [1]
+    [(error,)] = db.query("SELECT last_error FROM txevents.dead_letters")
+    assert isinstance(error, str)
+    assert error.startswith("EventError: cannot decode the event's JSON: RecursionError")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from .errors import WorkerConfigError
+from .errors import EventError, WorkerConfigError
 from .events import Delivery, decode_event, event_type_of
 from .worker import run_worker
 
@@ -82,6 +83,29 @@ def _positive(value: timedelta, what: str) -> timedelta:
     if not isinstance(value, timedelta) or value <= timedelta(0):
         raise WorkerConfigError(f"{what} must be a positive timedelta, got {value!r}")
     return value
+
+
+def _delivery(row: Any) -> Delivery:
+    """A polled row (payload and headers as JSON text) as a Delivery; a row whose JSON
+    cannot be decoded keeps its text and the reason, for the nack."""
+    error: str | None = None
+    try:
+        payload = json.loads(row.payload)
+        headers = json.loads(row.headers) if row.headers is not None else {}
+    except (ValueError, RecursionError) as exc:
+        payload, headers = row.payload, {}
+        error = f"cannot decode the event's JSON: {type(exc).__qualname__}: {exc}"
+    return Delivery(
+        id=row.id,
+        event_type=row.event_type,
+        aggregate_type=row.aggregate_type,
+        aggregate_id=row.aggregate_id,
+        payload=payload,
+        headers=headers if isinstance(headers, dict) else {},
+        occurred_at=row.occurred_at,
+        attempt=row.attempt,
+        decode_error=error,
+    )
 
 
 class EventBus:
@@ -249,25 +273,18 @@ class EventBus:
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 text(
-                    "SELECT id, event_type, aggregate_type, aggregate_id, payload, headers,"
+                    # payload and headers as text, decoded here one row at a time: a
+                    # row psycopg cannot decode (JSON nested deeper than Python's
+                    # recursion limit) failed the whole poll, which rolled its claims
+                    # back, so the batch came back forever and the worker crashed.
+                    "SELECT id, event_type, aggregate_type, aggregate_id,"
+                    " payload::text AS payload, headers::text AS headers,"
                     " occurred_at, attempt FROM txevents.poll(CAST(:g AS text),"
                     " CAST(:max AS int), CAST(:lease AS interval))"
                 ),
                 {"g": self.group, "max": self.batch_size, "lease": self.lease},
             )
-            return [
-                Delivery(
-                    id=row.id,
-                    event_type=row.event_type,
-                    aggregate_type=row.aggregate_type,
-                    aggregate_id=row.aggregate_id,
-                    payload=row.payload,
-                    headers=row.headers or {},
-                    occurred_at=row.occurred_at,
-                    attempt=row.attempt,
-                )
-                for row in result
-            ]
+            return [_delivery(row) for row in result]
 
     async def ack(self, ids: list[int]) -> int:
         """Mark events processed (``txevents.ack``); returns how many the group held."""
@@ -299,6 +316,8 @@ class EventBus:
         handlers = self._handlers.get(delivery.event_type)
         if not handlers:
             raise WorkerConfigError(f"no handler for event type {delivery.event_type!r}")
+        if delivery.decode_error is not None:
+            raise EventError(delivery.decode_error)
         event = decode_event(self._classes[delivery.event_type], delivery.payload)
         token = _current.set(delivery)
         try:

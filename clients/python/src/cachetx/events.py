@@ -86,11 +86,11 @@ def encode_event(event: Any, headers: dict[str, Any] | None = None) -> EncodedEv
 
 def decode_event(cls: type, payload: Any) -> Any:
     """Rebuild an event of class ``cls`` from its payload (a dict, or JSON text)."""
-    if isinstance(payload, str | bytes):
-        payload = json.loads(payload)
     try:
+        if isinstance(payload, str | bytes):
+            payload = json.loads(payload)
         return from_jsonable(payload, _check_event_class(cls))
-    except (SerializationError, ValueError, TypeError) as exc:
+    except (SerializationError, ValueError, TypeError, RecursionError) as exc:
         # pydantic's ValidationError is a ValueError.
         raise EventError(f"cannot decode {cls.__qualname__} from its payload: {exc}") from exc
 
@@ -107,3 +107,6 @@ class Delivery:
     headers: dict[str, Any] = field(default_factory=dict)
     occurred_at: Any = None
     attempt: int = 1
+    #: Why the row's JSON could not be decoded (``payload`` is then its text); the
+    #: worker nacks such an event without running handlers.
+    decode_error: str | None = None

@@ -225,5 +225,5 @@ class JsonSerializer:
         """Decode JSON bytes (or text, for clients with ``decode_responses=True``)."""
         try:
             return json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise SerializationError(f"stored value is not JSON: {exc}") from exc
