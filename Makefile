@@ -30,7 +30,7 @@ PGRX_SUDO := $(if $(filter 0,$(shell id -u)),,--sudo)
 
 export NSCACHE_MODULE
 
-.PHONY: help deps build build/redis build/cli build/pg build/pg-all test test/unit test/integration test/redis test/pg test/pg-matrix test/pg-all test/python lint demo bench bench-redis bench-pg clean
+.PHONY: help deps build build/redis build/cli build/pg build/pg-all test test/unit test/integration test/redis test/pg test/pg-matrix test/pg-all test/python lint demo bench bench-redis bench-pg bench-relay clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -112,13 +112,16 @@ lint: ## rustfmt and clippy, warnings are errors
 demo: build ## The recruitment scenario (leases vs cache-aside) on private servers, or REDIS_*/DATABASE_URL ones
 	target/release/cachetx demo
 
-bench: bench-redis bench-pg ## All benchmarks; results appended to bench/RESULTS.md
+bench: bench-redis bench-pg bench-relay ## All benchmarks; results appended to bench/RESULTS.md
 
 bench-redis: build ## redis-benchmark: plain GET/SET vs NSCACHE vs the Lua alternative; INVALIDATE; bytes per entry
 	scripts/bench-redis.sh
 
 bench-pg: build ## pgbench: plain insert vs txevents.emit vs hand-written outbox; poll+ack; notify latency
 	scripts/bench-pg.sh
+
+bench-relay: build ## cachetx relay: commit -> invalidated latency at 1,000/s, invalidations/s one relay sustains
+	scripts/bench-relay.sh
 
 clean: ## Remove build output
 	cargo clean

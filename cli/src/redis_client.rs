@@ -217,52 +217,11 @@ pub fn text_of(value: &Value) -> Option<String> {
     }
 }
 
-/// The hash slot of `key`, as `CLUSTER KEYSLOT` computes it: CRC16 (XMODEM) of the
-/// key, or of its hash tag (the bytes between the first `{` and the next `}`, when
-/// not empty), modulo 16384. nscache stores `key` under a name in the same slot
-/// (SPEC 2.2), so this is also the slot of the stored entry.
-pub fn key_slot(key: &[u8]) -> u16 {
-    let hashed = match key.iter().position(|&b| b == b'{') {
-        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
-            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
-            _ => key,
-        },
-        None => key,
-    };
-    crc16_xmodem(hashed) % 16384
-}
-
-fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
+pub use cachetx_shared::slot::key_slot;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_match_redis() {
-        // Values from `CLUSTER KEYSLOT` on Redis 7.
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"bar"), 5061);
-        assert_eq!(key_slot(b"123456789"), 12739);
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        // An empty tag hashes the whole key; only the first `{` counts.
-        assert_eq!(key_slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % 16384);
-        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
-        assert_eq!(key_slot(b"a{b"), crc16_xmodem(b"a{b") % 16384);
-    }
 
     #[test]
     fn refusals_are_not_outages() {

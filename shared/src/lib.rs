@@ -25,6 +25,7 @@ pub mod error;
 pub mod invalidation;
 pub mod notify;
 pub mod prefix;
+pub mod slot;
 pub mod stats;
 pub mod timestamp;
 

@@ -174,3 +174,32 @@ pub fn run(args: &[&str], env: &[(&str, String)]) -> (ExitStatus, String, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The environment that points a `cachetx` process at a test's servers: Redis on
+/// 127.0.0.1:`redis_port` and the test database.
+pub fn server_env(redis_port: u16, db: &crate::TestDb) -> Vec<(&'static str, String)> {
+    vec![
+        ("REDIS_HOST", "127.0.0.1".to_string()),
+        ("REDIS_PORT", redis_port.to_string()),
+        ("DATABASE_URL", db.url()),
+    ]
+}
+
+/// Waits until consumer group `group` exists in `db` (a relay creates it at start; it
+/// receives the events committed after that).
+pub fn wait_for_group(db: &crate::TestDb, group: &str) {
+    let mut client = db.connect();
+    crate::wait_until(
+        Duration::from_secs(60),
+        "the relay's consumer group",
+        || {
+            client
+                .query_opt(
+                    "SELECT 1 FROM txevents.consumers WHERE name = $1",
+                    &[&group],
+                )
+                .expect("read txevents.consumers")
+                .is_some()
+        },
+    );
+}

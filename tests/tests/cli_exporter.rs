@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cachetx_tests::cli::CliProcess;
+use cachetx_tests::cli::{server_env, CliProcess};
 use cachetx_tests::nscache::{get, set};
 use cachetx_tests::prometheus::{http_get, Prometheus};
 use cachetx_tests::{free_port, pg, wait_until, RedisServer};
@@ -30,11 +30,7 @@ fn prometheus_scrapes_the_exporter_and_reads_nscache_hits_back() {
     let listen = format!("127.0.0.1:{port}");
     let _exporter = CliProcess::start(
         &["exporter", "--listen", &listen],
-        &[
-            ("REDIS_HOST", "127.0.0.1".to_string()),
-            ("REDIS_PORT", server.port().to_string()),
-            ("DATABASE_URL", db.url()),
-        ],
+        &server_env(server.port(), &db),
     );
     wait_until(WAIT, "the exporter serves /metrics", || {
         http_get(port, "/metrics").is_some_and(|(status, _)| status == 200)

@@ -5,21 +5,13 @@ use std::thread;
 use std::time::Duration;
 
 use cachetx_shared::Envelope;
-use cachetx_tests::cli::CliProcess;
+use cachetx_tests::cli::{server_env, wait_for_group, CliProcess};
 use cachetx_tests::nscache::{fill, get, set, stats};
 use cachetx_tests::{pg, wait_until, RedisCluster, RedisServer, TestDb};
 use redis::Value;
 
 /// Generous bound for the relay to catch up; a wait, never a timing assertion.
 const CATCH_UP: Duration = Duration::from_secs(60);
-
-fn env(redis_port: u16, db: &TestDb) -> Vec<(&'static str, String)> {
-    vec![
-        ("REDIS_HOST", "127.0.0.1".to_string()),
-        ("REDIS_PORT", redis_port.to_string()),
-        ("DATABASE_URL", db.url()),
-    ]
-}
 
 /// Starts a relay and waits until its consumer group exists: the group receives the
 /// events committed after it was created.
@@ -33,13 +25,7 @@ fn start_relay(db: &TestDb, env: &[(&'static str, String)], extra: &[&str]) -> C
     ];
     args.extend_from_slice(extra);
     let relay = CliProcess::start(&args, env);
-    let mut client = db.connect();
-    wait_until(CATCH_UP, "the relay's consumer group", || {
-        client
-            .query_opt("SELECT 1 FROM txevents.consumers WHERE name = 'relay'", &[])
-            .expect("read consumers")
-            .is_some()
-    });
+    wait_for_group(db, "relay");
     relay
 }
 
@@ -67,7 +53,7 @@ fn committed_invalidations_are_applied_and_rolled_back_ones_never() {
         set(&mut conn, "cand", key, 300, "v");
     }
     set(&mut conn, "proc", "x", 300, "v");
-    let mut relay = start_relay(&db, &env(server.port(), &db), &[]);
+    let mut relay = start_relay(&db, &server_env(server.port(), &db), &[]);
 
     db.connect()
         .batch_execute("BEGIN; SELECT txevents.invalidate('cand', '1'); ROLLBACK")
@@ -101,7 +87,7 @@ fn redis_outage_loses_nothing_and_acks_nothing_early() {
     let db = pg().create_db("cli_relay_outage");
     let mut conn = server.conn();
     fill(&mut conn, "cand", 60, 3600, "v");
-    let _relay = start_relay(&db, &env(server.port(), &db), &[]);
+    let _relay = start_relay(&db, &server_env(server.port(), &db), &[]);
     commit(&db, "SELECT txevents.invalidate('cand', 'key0')");
     wait_until(CATCH_UP, "the relay works before the outage", || {
         !present(&mut conn, "cand", "key0")
@@ -170,7 +156,7 @@ fn relay_killed_mid_batch_then_restarted_applies_everything() {
             N - 1
         ),
     );
-    let env = env(server.port(), &db);
+    let env = server_env(server.port(), &db);
     let args = ["--batch", "100", "--lease-secs", "2"];
     let mut relay = start_relay(&db, &env, &args);
     wait_until(CATCH_UP, "the relay made progress", || {
@@ -226,7 +212,7 @@ fn cluster_keys_reach_their_node_and_namespaces_every_primary() {
         300,
         "v",
     );
-    let mut env = env(cluster.nodes[0].port(), &db);
+    let mut env = server_env(cluster.nodes[0].port(), &db);
     env.push(("REDIS_CLUSTER", "1".to_string()));
     let mut relay = start_relay(&db, &env, &[]);
 
@@ -282,7 +268,7 @@ fn streams_mirror_every_event_in_group_order_with_the_shared_envelope() {
     set(&mut conn, "cand", "7", 300, "v");
     let mut relay = start_relay(
         &db,
-        &env(server.port(), &db),
+        &server_env(server.port(), &db),
         &["--streams", "--stream-name", "events:test"],
     );
     let big = r#"{"n": 123456789012345678901234567890, "d": 0.1000000000000000000000001}"#;

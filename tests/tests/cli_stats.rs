@@ -2,7 +2,7 @@
 //! the txevents metric views.
 
 use cachetx_shared::StatsReport;
-use cachetx_tests::cli::run;
+use cachetx_tests::cli::{run, server_env};
 use cachetx_tests::nscache::{get, set};
 use cachetx_tests::{pg, sqlstate, RedisServer};
 use serde_json::Value;
@@ -61,11 +61,7 @@ fn stats_json_matches_nscache_stats_and_the_metric_views() {
         .expect_err("a unique violation");
     assert_eq!(sqlstate(&err).as_deref(), Some("23505"));
 
-    let env = [
-        ("REDIS_HOST", "127.0.0.1".to_string()),
-        ("REDIS_PORT", server.port().to_string()),
-        ("DATABASE_URL", db.url()),
-    ];
+    let env = server_env(server.port(), &db);
     let report = stats_json(&env);
 
     // Redis: exactly the server's own report (STATS and TOPKEYS count nothing).
