@@ -16,6 +16,7 @@ from datetime import timedelta
 import pydantic
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 from servers import RedisServer
 
 from cachetx import (
@@ -481,5 +482,30 @@ async def test_a_binary_serializer_works_on_a_client_that_decodes_responses(
         assert await load() == {"raw": b"\xfe"}
         assert await load() == {"raw": b"\xfe"}  # a hit through NSCACHE.FETCH
         assert (await cache.stats()).hits == 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_key_the_acl_denies_does_not_turn_single_flight_off(
+    redis_server: RedisServer, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    # Any NOPERM from FETCH used to switch the service to GET/SET for good, so one
+    # denied key (an ACL key pattern) cost every other key its single flight.
+    await redis_client.execute_command(
+        "ACL", "SETUSER", "somekeys", "on", "nopass", "+@all", "~ok*", "&*"
+    )
+    client = aioredis.Redis(port=redis_server.port, username="somekeys", password="x")
+    try:
+        cache = CacheService(client, prefix=prefix)
+
+        @cache.cached(expire=60, key=lambda name: name)
+        async def load(name: str) -> str:
+            await asyncio.sleep(0.1)
+            return name
+
+        with pytest.raises(NoPermissionError):
+            await load("denied")
+        assert await asyncio.gather(*(load("ok1") for _ in range(5))) == ["ok1"] * 5
+        assert (await cache.stats()).leases == 1
     finally:
         await client.aclose()

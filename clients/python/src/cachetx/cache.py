@@ -374,10 +374,12 @@ class CacheService:
 
 
 def _lacks_command(exc: Exception) -> bool:
+    """True when the server has no NSCACHE.FETCH or the ACL denies the command itself;
+    a NOPERM for one key (an ACL key pattern) says nothing about the others."""
     text = str(exc).lower()
-    return isinstance(exc, NoPermissionError) or (
-        "unknown command" in text and "nscache.fetch" in text
-    )
+    if "nscache.fetch" not in text:
+        return False
+    return isinstance(exc, NoPermissionError) or "unknown command" in text
 
 
 __all__ = ["CacheService", "CacheStats", "LatencySummary"]
