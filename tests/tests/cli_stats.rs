@@ -3,8 +3,8 @@
 
 use cachetx_shared::StatsReport;
 use cachetx_tests::cli::{run, server_env};
-use cachetx_tests::nscache::{get, set};
-use cachetx_tests::{pg, sqlstate, RedisServer};
+use cachetx_tests::nscache::{get, set, stats};
+use cachetx_tests::{pg, sqlstate, RedisCluster, RedisServer};
 use serde_json::Value;
 
 fn stats_json(env: &[(&str, String)]) -> Value {
@@ -150,4 +150,37 @@ fn unreachable_servers_give_one_line_reasons_and_exit_zero() {
         "{stdout}"
     );
     assert!(!stdout.contains("panicked"), "{stdout}");
+}
+
+#[test]
+fn cluster_stats_sum_every_primary() {
+    let cluster = RedisCluster::start(3);
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        let mut conn = cluster.node_for_key(key).conn();
+        set(&mut conn, "cand", key, 300, "v");
+        get(&mut conn, "cand", key);
+    }
+    let nodes_with_keys = cluster
+        .nodes
+        .iter()
+        .filter(|n| stats(&mut n.conn(), "cand").entries > 0)
+        .count();
+    assert!(
+        nodes_with_keys > 1,
+        "the keys should spread over the primaries"
+    );
+    let env = [
+        ("REDIS_HOST", "127.0.0.1".to_string()),
+        ("REDIS_PORT", cluster.nodes[0].port().to_string()),
+    ];
+    let (status, stdout, stderr) = run(&["stats", "--json", "--cluster", "--no-postgres"], &env);
+    assert!(status.success(), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["redis"]["nodes"], 3, "{report}");
+    let cand = &report["redis"]["namespaces"][0];
+    assert_eq!(cand["prefix"], "cand");
+    assert_eq!(cand["entries"], 30);
+    assert_eq!(cand["sets"], 30);
+    assert_eq!(cand["hits"], 30);
 }

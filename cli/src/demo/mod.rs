@@ -113,12 +113,13 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<()> {
             (pg, Some(server))
         };
     let pg_config = pg_args.config()?;
-    let admin = pg::client(&pg_config).await?;
+    let admin_conn = pg::connect(&pg_config).await?;
+    let admin = &admin_conn.client;
     admin
         .batch_execute("CREATE EXTENSION IF NOT EXISTS txevents")
         .await
         .map_err(|e| anyhow::anyhow!("CREATE EXTENSION txevents: {}", pg::message(&e)))?;
-    scenario::seed(&admin, args.candidates).await?;
+    scenario::seed(admin, args.candidates).await?;
 
     // The relay, in this process, so the checker learns when each invalidation was
     // confirmed by Redis.
@@ -135,7 +136,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<()> {
         stream_name: relay::DEFAULT_STREAM.into(),
         stream_maxlen: 100_000,
     };
-    relay::ensure_group(&admin, &relay_args).await?;
+    relay::ensure_group(admin, &relay_args).await?;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<Vec<i64>>();
     let acks_ledger = ledger.clone();
@@ -170,7 +171,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<()> {
             break;
         }
         let result = one_run(
-            mode, prefix, &settings, &args, &pg_config, &mut redis, &admin, &ledger, &shutdown,
+            mode, prefix, &settings, &args, &pg_config, &mut redis, admin, &ledger, &shutdown,
         )
         .await?;
         results.push((mode, result));
@@ -188,8 +189,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<()> {
             Ok(figures) => Section::Available(figures),
             Err(e) => Section::Unavailable(format!("Redis: {e:#}")),
         },
-        postgres: Section::Available(collect::transactions(&admin).await),
+        postgres: Section::Available(collect::transactions(admin).await),
     };
+    admin_conn.close().await;
     println!("{}", stats::render(&report));
     match results.iter().find(|(mode, _)| *mode == Mode::Leases) {
         Some((_, leases)) if leases.stale_reads > 0 || leases.stale_entries > 0 => bail!(
