@@ -7,7 +7,10 @@ import datetime
 import decimal
 import enum
 import logging
+import os
 import pickle
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -509,3 +512,29 @@ async def test_a_key_the_acl_denies_does_not_turn_single_flight_off(
         assert (await cache.stats()).leases == 1
     finally:
         await client.aclose()
+
+
+def test_default_keys_of_set_arguments_do_not_depend_on_the_hash_seed() -> None:
+    # A set's iteration order depends on PYTHONHASHSEED: two workers computed different
+    # keys for f({"alpha", "beta", ...}), so they never shared the entry.
+    program = (
+        "from dataclasses import dataclass\n"
+        "from cachetx.keys import default_key\n"
+        "@dataclass\n"
+        "class Query:\n"
+        "    tags: set[str]\n"
+        "async def f(tags: frozenset[str], q: Query) -> None: ...\n"
+        "words = ['alpha', 'beta', 'gamma', 'delta', 'epsilon']\n"
+        "print(default_key(f, (frozenset(words[:2]), Query(set(words))), {}))\n"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", program],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(1, 6)
+    }
+    assert len(keys) == 1, keys

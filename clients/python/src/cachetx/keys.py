@@ -6,9 +6,9 @@ compact JSON array of the call's bound arguments in signature order, defaults ap
 become an array, ``**kwargs`` an object with sorted keys, and a first parameter named
 ``self`` or ``cls`` is left out (methods share entries across instances; pass ``key=``
 when the instance matters). Arguments are encoded as cached values are (dataclasses,
-pydantic models, UUIDs, dates, enums...). When that JSON is longer than 200 characters or
-contains ``{`` or ``}`` (which nscache reads as a Redis Cluster hash tag), it is replaced by
-``sha256:<hex digest of the JSON>``.
+pydantic models, UUIDs, dates, enums...; sets as arrays in a fixed order). When that JSON
+is longer than 200 characters or contains ``{`` or ``}`` (which nscache reads as a Redis
+Cluster hash tag), it is replaced by ``sha256:<hex digest of the JSON>``.
 
 Example: ``app.get_candidate_profile:["42"]``.
 """
@@ -21,9 +21,23 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import CacheKeyError, SerializationError
-from .serialization import dumps_json
+from .serialization import dumps_json, to_jsonable
 
 MAX_READABLE_ARGS = 200
+
+
+def _key_jsonable(value: Any) -> Any:
+    """The ``default`` hook of key JSON: as for values, except that sets and frozensets
+    (wherever they are, dataclass fields included) become arrays sorted by the JSON of
+    their items. A set's iteration order depends on the process's hash seed
+    (``PYTHONHASHSEED``): equal arguments got different keys in different workers."""
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=_sort_key)
+    return to_jsonable(value)
+
+
+def _sort_key(item: Any) -> str:
+    return dumps_json(item, sort_keys=True, default=_key_jsonable)
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -47,7 +61,7 @@ def default_key(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
             value = dict(value or {})
         values.append(value)
     try:
-        encoded = dumps_json(values, sort_keys=True)
+        encoded = dumps_json(values, sort_keys=True, default=_key_jsonable)
     except SerializationError as exc:
         raise CacheKeyError(
             f"cannot derive a cache key for {function_name(func)}: {exc}; pass key=callable"

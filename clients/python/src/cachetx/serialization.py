@@ -20,6 +20,7 @@ import json
 import types
 import typing
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import SerializationError
@@ -72,12 +73,14 @@ def to_jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
 
 
-def dumps_json(value: Any, *, sort_keys: bool = False) -> str:
+def dumps_json(
+    value: Any, *, sort_keys: bool = False, default: Callable[[Any], Any] = to_jsonable
+) -> str:
     """JSON text of ``value`` (compact, UTF-8, no NaN); raises :class:`SerializationError`."""
     try:
         return json.dumps(
             value,
-            default=to_jsonable,
+            default=default,
             ensure_ascii=False,
             allow_nan=False,
             separators=(",", ":"),
