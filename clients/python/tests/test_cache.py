@@ -538,3 +538,31 @@ def test_default_keys_of_set_arguments_do_not_depend_on_the_hash_seed() -> None:
         for seed in range(1, 6)
     }
     assert len(keys) == 1, keys
+
+
+async def test_an_entry_that_no_longer_decodes_is_recomputed(
+    cache: CacheService, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After a deploy that changes the return class (a field added), the entries the old
+    # version wrote failed every call with SerializationError until they expired.
+    calls = 0
+
+    @cache.cached(expire=60, key=lambda candidate_id: f"profile:{candidate_id}")
+    async def load(candidate_id: str) -> Profile:
+        nonlocal calls
+        calls += 1
+        return Profile(id=candidate_id, skills=["sql"])
+
+    @cache.cached(expire=60, key=lambda n: f"model:{n}")
+    async def load_model(n: int) -> Model:
+        return Model(id=n)
+
+    await cache.set("profile:1", {"id": "1", "name": "old shape"}, expire=60)
+    await cache.set("model:2", {"id": "not a number"}, expire=60)
+    with caplog.at_level(logging.WARNING, logger="cachetx.cache"):
+        assert await load("1") == Profile(id="1", skills=["sql"])
+        assert await load_model(2) == Model(id=2)
+    assert "no longer decodes" in caplog.text
+    assert await load("1") == Profile(id="1", skills=["sql"])  # now a hit
+    assert calls == 1
+    assert await cache.get("profile:1") == {"id": "1", "skills": ["sql"]}

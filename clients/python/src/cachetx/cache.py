@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 from redis.exceptions import NoPermissionError, ResponseError
 
-from .errors import CachetxError, InvalidExpireError, InvalidPrefixError
+from .errors import CachetxError, InvalidExpireError, InvalidPrefixError, SerializationError
 from .keys import default_key
 from .serialization import JsonSerializer, Serializer, from_jsonable
 
@@ -283,6 +283,7 @@ class CacheService:
         fetch: list[Any] = ["NSCACHE.FETCH", self.prefix, key, lease_ms]
         if window_ms is not None:
             fetch += ["REFRESH", window_ms]
+        dropped = False
         while True:
             try:
                 reply = await self._read(*fetch)
@@ -294,14 +295,25 @@ class CacheService:
                 return await self._get_or_set(key, compute, ttl, codec, return_type)
             self._fetch_supported = True
             status = _text(reply[0])
-            if status == "HIT":
-                return typing.cast(R, self._decode(codec, reply[1], return_type))
+            if status in ("HIT", "REFRESH"):
+                try:
+                    value = self._decode(codec, reply[1], return_type)
+                except SerializationError as exc:
+                    if dropped:
+                        raise
+                    # Written by an older version of the function (a field added, a type
+                    # changed): recompute it rather than fail every call until it expires.
+                    log.warning("cached(): dropping %r, which no longer decodes: %s", key, exc)
+                    await self._command("NSCACHE.DEL", self.prefix, key)
+                    dropped = True
+                    continue
+                if status == "HIT":
+                    return typing.cast(R, value)
             if status == "WAIT":
                 # The server says 1-50 ms; never spin on 0, never oversleep a bad hint.
                 await asyncio.sleep(min(max(int(reply[1]), 1), MAX_WAIT_MS) / 1000)
                 continue
             if status == "REFRESH":
-                value = self._decode(codec, reply[1], return_type)
                 task = asyncio.create_task(self._refresh(key, compute, ttl, reply[2], codec))
                 self._refreshes.add(task)
                 task.add_done_callback(self._refreshes.discard)
@@ -367,7 +379,10 @@ class CacheService:
     ) -> R:
         raw = await self._read("NSCACHE.GET", self.prefix, key)
         if raw is not None:
-            return typing.cast(R, self._decode(codec, raw, return_type))
+            try:
+                return typing.cast(R, self._decode(codec, raw, return_type))
+            except SerializationError as exc:
+                log.warning("cached(): replacing %r, which no longer decodes: %s", key, exc)
         value = await compute()
         await self._command("NSCACHE.SET", self.prefix, key, ttl, codec.dumps(value))
         return value
