@@ -566,3 +566,31 @@ async def test_an_entry_that_no_longer_decodes_is_recomputed(
     assert await load("1") == Profile(id="1", skills=["sql"])  # now a hit
     assert calls == 1
     assert await cache.get("profile:1") == {"id": "1", "skills": ["sql"]}
+
+
+async def test_a_write_back_the_server_refuses_still_returns_the_value(
+    redis_server: RedisServer, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    # The function ran, but storing its value failed (here NOPERM on NSCACHE.SET; in
+    # production OOM under maxmemory noeviction, READONLY after a failover): the caller
+    # got the error instead of the value, and the lease stayed for the waiters to sit out.
+    await redis_client.execute_command(
+        "ACL", "SETUSER", "noset", "on", "nopass", "+@all", "-nscache.set", "~*", "&*"
+    )
+    client = aioredis.Redis(port=redis_server.port, username="noset", password="x")
+    try:
+        cache = CacheService(client, prefix=prefix)
+        calls = 0
+
+        @cache.cached(expire=60, lease=timedelta(seconds=60))
+        async def load() -> int:
+            nonlocal calls
+            calls += 1
+            return 7
+
+        assert await load() == 7
+        # The lease was freed: the next caller computes at once instead of waiting 60 s.
+        assert await asyncio.wait_for(load(), 5) == 7
+        assert calls == 2
+    finally:
+        await client.aclose()

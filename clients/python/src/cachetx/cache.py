@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from .errors import CachetxError, InvalidExpireError, InvalidPrefixError, SerializationError
 from .keys import default_key
@@ -332,7 +332,15 @@ class CacheService:
                     if loop.time() < lease_ends:
                         await asyncio.shield(self._void_lease(key))
                     raise
-                written = await self._write_back(key, ttl, data, token)
+                try:
+                    written = await self._write_back(key, ttl, data, token)
+                except RedisError as exc:
+                    # The value is computed: a cache that cannot store it (maxmemory with
+                    # noeviction, a replica after failover, NOPERM...) must not fail the
+                    # call. Free the key for the next caller.
+                    log.warning("cached(): could not store %r, returning it uncached: %s", key, exc)
+                    await asyncio.shield(self._void_lease(key))
+                    return value
                 if not written and loop.time() >= lease_ends:
                     log.warning(
                         "cached(): computing %r outlived its %d ms lease, so the value was "
@@ -384,7 +392,11 @@ class CacheService:
             except SerializationError as exc:
                 log.warning("cached(): replacing %r, which no longer decodes: %s", key, exc)
         value = await compute()
-        await self._command("NSCACHE.SET", self.prefix, key, ttl, codec.dumps(value))
+        data = codec.dumps(value)
+        try:
+            await self._command("NSCACHE.SET", self.prefix, key, ttl, data)
+        except RedisError as exc:
+            log.warning("cached(): could not store %r, returning it uncached: %s", key, exc)
         return value
 
 
