@@ -289,3 +289,42 @@ def test_transactional_refuses_a_plain_function_at_decoration(session: AsyncSess
 
     with pytest.raises(TypeError, match="async function"):
         manager.transactional(sync_work)  # type: ignore[arg-type]
+
+
+class _CountingUnitOfWork(SqlAlchemyUnitOfWork):
+    def __init__(self) -> None:
+        self._pending = []
+        self._depth = 0
+        self.commits = 0
+
+    async def commit(self) -> None:
+        self.commits += 1
+
+    async def rollback(self) -> None:
+        pass
+
+
+async def test_an_outer_block_ending_first_does_not_leave_the_unit_of_work_joined() -> None:
+    # Misuse (two tasks in one unit of work) must not break it for good: when the
+    # outermost block ended before the joined one, the count went negative and every
+    # later block "joined" a transaction nobody would commit.
+    uow = _CountingUnitOfWork()
+    inner_entered = asyncio.Event()
+    outer_done = asyncio.Event()
+
+    async def outer() -> None:
+        async with transaction_context(uow):
+            await inner_entered.wait()
+        outer_done.set()
+
+    async def inner() -> None:
+        await asyncio.sleep(0)  # the outer block is open
+        async with transaction_context(uow):
+            inner_entered.set()
+            await outer_done.wait()
+
+    await asyncio.gather(outer(), inner())
+    assert uow.commits == 1
+    async with transaction_context(uow):
+        pass
+    assert uow.commits == 2  # a block of its own again

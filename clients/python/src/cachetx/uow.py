@@ -117,7 +117,9 @@ async def transaction_context(uow: SqlAlchemyUnitOfWork) -> AsyncIterator[SqlAlc
         try:
             yield uow
         finally:
-            uow._depth -= 1
+            # Never below 0, even if the outermost block ended first (a unit of work
+            # misused by two tasks at once): the next block must start a transaction.
+            uow._depth = max(uow._depth - 1, 0)
         return
     uow._depth = 1
     try:
