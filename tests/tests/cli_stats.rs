@@ -184,3 +184,28 @@ fn cluster_stats_sum_every_primary() {
     assert_eq!(cand["sets"], 30);
     assert_eq!(cand["hits"], 30);
 }
+
+#[test]
+fn without_preload_the_metric_sections_say_what_to_change() {
+    let cluster =
+        cachetx_tests::pg_cluster::start_cluster("", &[]).expect("cluster without preload");
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE EXTENSION txevents; SELECT txevents.create_consumer('relay')")
+        .expect("extension");
+    let env = [("DATABASE_URL", cluster.superuser_url("postgres"))];
+    let (status, stdout, stderr) = run(&["stats", "--no-redis"], &env);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("txevents metrics need shared_preload_libraries = 'txevents'"),
+        "{stdout}"
+    );
+    // The consumer lag view needs no preload: its table is still there.
+    assert!(stdout.contains("│ relay"), "{stdout}");
+    let (_, json, _) = run(&["stats", "--no-redis", "--json"], &env);
+    let report: Value = serde_json::from_str(&json).expect("json");
+    let reason = report["postgres"]["metrics"]["unavailable"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("shared_preload_libraries"), "{report}");
+}
