@@ -343,3 +343,57 @@ fn streams_mirror_every_event_in_group_order_with_the_shared_envelope() {
     assert_eq!(len, Value::SimpleString("stream".into()));
     expect_clean_exit(&mut relay);
 }
+
+#[test]
+fn a_key_redis_refuses_is_nacked_alone_and_the_rest_of_the_batch_applied() {
+    let server = RedisServer::start();
+    let db = pg().create_db("cli_relay_refused");
+    let mut conn = server.conn();
+    set(&mut conn, "cand", "ok1", 300, "v");
+    set(&mut conn, "cand", "ok2", 300, "v");
+    // Positive control: nscache refuses this key (a `}` without a valid hash tag).
+    let refused = redis::cmd("NSCACHE.DEL")
+        .arg("cand")
+        .arg("bad}key")
+        .query::<Value>(&mut conn);
+    assert!(refused.is_err(), "{refused:?}");
+    // Created first, so the three events land in the relay's first batch together.
+    commit(
+        &db,
+        "SELECT txevents.create_consumer('relay', ARRAY['cache.invalidate'])",
+    );
+    commit(
+        &db,
+        "SELECT txevents.invalidate('cand', 'ok1'); SELECT txevents.invalidate('cand', 'bad}key'); \
+         SELECT txevents.invalidate('cand', 'ok2')",
+    );
+    let mut relay = start_relay(&db, &server_env(server.port(), &db), &[]);
+    wait_until(CATCH_UP, "the good keys applied", || {
+        !present(&mut conn, "cand", "ok1") && !present(&mut conn, "cand", "ok2")
+    });
+    let mut client = db.connect();
+    wait_until(
+        CATCH_UP,
+        "the refused event nacked with Redis's error",
+        || {
+            client
+            .query_opt(
+                "SELECT last_error FROM txevents.retries r JOIN txevents.outbox o ON o.id = r.event_id
+                  WHERE r.consumer = 'relay' AND o.payload->'keys' ? 'bad}key'",
+                &[],
+            )
+            .expect("retries")
+            .and_then(|row| row.get::<_, Option<String>>(0))
+            .is_some_and(|e| e.starts_with("Redis refused"))
+        },
+    );
+    let nacked: i64 = client
+        .query_one(
+            "SELECT count(*) FROM txevents.retries WHERE consumer = 'relay'",
+            &[],
+        )
+        .expect("retries")
+        .get(0);
+    assert_eq!(nacked, 1, "only the refused event is retried");
+    expect_clean_exit(&mut relay);
+}
