@@ -1,114 +1,93 @@
 //! Command handlers: parse, call the logic, reply. Nothing else lives here.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Instant;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
 
 use cachetx_shared::{
     validate_prefix, CacheInvalidation, Envelope, InvalidationScope, NamespaceStats, StatsReport,
     Timestamp, FORMAT_VERSION, INVALIDATED_EVENT_TYPE,
 };
-use redis_module::{raw, Context, ContextFlags, RedisResult, RedisString, RedisValue};
+use redis_module::{raw, Context, ContextFlags, RedisString, RedisValue};
 
 use crate::args::{
     expire_at_ms, parse_count, parse_set_options, parse_ttl, SetCondition, MAX_VALUE_LEN,
 };
+use crate::clock::Stopwatch;
 use crate::datatype::charge_for;
+use crate::dispatch::Args;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{CacheError, CacheResult};
-use crate::keyname::{key_form, stored_name_into, KeyForm};
+use crate::keyname::{key_form, stored_name_in, stored_name_into, KeyForm};
 use crate::lease::{self, Acquire};
 use crate::namespace::{registry, Namespace};
 use crate::openkey::{Content, OpenKey};
 use crate::{config, sweeper};
 
-/// Runs a handler so that a panic becomes an error reply instead of aborting
-/// redis-server (the macro's `extern "C"` wrapper would abort on unwind).
-///
-/// Error replies are written here, not by the crate: its conversion prefixes
-/// every message with `ERR` and turns text into a C string with `unwrap()`,
-/// which aborts the server on a NUL byte. Messages are escaped to printable
-/// ASCII first, so no client-supplied byte reaches the wire raw.
-pub fn guarded(
-    ctx: &Context,
-    args: Vec<RedisString>,
-    handler: fn(&Context, &[RedisString]) -> CacheResult<RedisValue>,
-) -> RedisResult {
-    match catch_unwind(AssertUnwindSafe(|| handler(ctx, &args))) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => {
-            reply_error(ctx, &err.to_string());
-            Ok(RedisValue::NoReply)
-        }
-        Err(_) => {
-            reply_error(
-                ctx,
-                "ERR nscache internal error (a bug; details in the server log)",
-            );
-            Ok(RedisValue::NoReply)
-        }
-    }
-}
-
-fn reply_error(ctx: &Context, message: &str) {
-    let escaped = crate::args::ascii_escape(message.as_bytes());
-    // ascii_escape never yields NUL, so this cannot fail; keep a fallback anyway.
-    let text = std::ffi::CString::new(escaped).unwrap_or_else(|_| c"ERR nscache error".to_owned());
-    // SAFETY: a valid C string for the duration of the call.
-    unsafe {
-        if let Some(reply) = raw::RedisModule_ReplyWithError {
-            reply(ctx.ctx, text.as_ptr());
-        }
-    }
-}
-
 /// A parsed `(prefix, key)` pair and the Redis key that stores it.
+///
+/// Every keyed command makes its stored names here, once per key and call:
+/// the place for any check that concerns the stored name.
 struct Target<'a> {
     key: &'a [u8],
     form: KeyForm,
     stored: RedisString,
 }
 
-thread_local! {
-    // Reused for every stored name: one allocation less per command.
-    static NAME_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    // The namespace of the previous command and the registry epoch it was
-    // looked up in: most commands hit the namespace their predecessor used. A
-    // namespace is freed only when forgotten, which bumps the epoch, so the
-    // pointer is never followed once it may dangle.
-    static LAST_NAMESPACE: std::cell::Cell<Option<(u64, &'static Namespace)>> = const { std::cell::Cell::new(None) };
+// The namespace of the previous command and the registry epoch it was
+// looked up in: most commands hit the namespace their predecessor used. A
+// namespace is freed only when forgotten, which bumps the epoch, so the
+// pointer is never followed once it may dangle.
+//
+// Statics, not a thread-local (in a cdylib every thread-local access is a
+// `__tls_get_addr` call): commands run one at a time under Redis's global
+// lock, and only command handlers (through `namespace`) touch the pair.
+static LAST_NAMESPACE: AtomicPtr<Namespace> = AtomicPtr::new(std::ptr::null_mut());
+static LAST_EPOCH: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The previous command's namespace if it is called `prefix` and still exists.
+fn cached_namespace(prefix: &[u8]) -> Option<&'static Namespace> {
+    if LAST_EPOCH.load(Ordering::Relaxed) != crate::namespace::epoch() {
+        return None;
+    }
+    let ns = LAST_NAMESPACE.load(Ordering::Relaxed);
+    // SAFETY: stored by `namespace` from the registry in this epoch: the
+    // namespace is not freed before the epoch changes.
+    let ns = unsafe { ns.as_ref() }?;
+    (ns.name().as_bytes() == prefix).then_some(ns)
 }
 
-fn target<'a>(ctx: &Context, prefix: &str, key: &'a RedisString) -> CacheResult<Target<'a>> {
-    let key = key.as_slice();
+/// Stored names up to this length are built on the stack.
+const STACK_NAME: usize = 128;
+
+fn target<'a>(ctx: &Context, prefix: &str, key: &'a [u8]) -> CacheResult<Target<'a>> {
     let form = key_form(key)?;
-    let stored = NAME_BUFFER.with(|buffer| {
-        let mut buffer = buffer.borrow_mut();
-        stored_name_into(prefix, key, form, &mut buffer);
-        // Keys are binary: `create_string` goes through a C string and stops at NUL.
-        RedisString::create_from_slice(ctx.ctx, &buffer)
-    });
+    // Keys are binary: `create_string` goes through a C string and stops at
+    // NUL, `create_from_slice` copies the bytes.
+    let mut buffer = [0u8; STACK_NAME];
+    let stored = match stored_name_in(prefix, key, form, &mut buffer) {
+        Some(name) => RedisString::create_from_slice(ctx.ctx, name),
+        None => {
+            let mut name = Vec::new();
+            stored_name_into(prefix, key, form, &mut name);
+            RedisString::create_from_slice(ctx.ctx, &name)
+        }
+    };
     Ok(Target { key, form, stored })
 }
 
-fn targets<'a>(
-    ctx: &Context,
-    prefix: &str,
-    keys: &'a [RedisString],
-) -> CacheResult<Vec<Target<'a>>> {
+fn targets<'a>(ctx: &Context, prefix: &str, keys: Args<'a>) -> CacheResult<Vec<Target<'a>>> {
     keys.iter().map(|key| target(ctx, prefix, key)).collect()
 }
 
-fn prefix_arg(arg: &RedisString) -> CacheResult<&str> {
-    Ok(validate_prefix(arg.as_slice())?)
+fn prefix_arg(arg: &[u8]) -> CacheResult<&str> {
+    if cached_namespace(arg).is_some() {
+        // SAFETY: the bytes equal a namespace's name, a validated `str`.
+        return Ok(unsafe { std::str::from_utf8_unchecked(arg) });
+    }
+    Ok(validate_prefix(arg)?)
 }
 
-fn arity(
-    args: &[RedisString],
-    min: usize,
-    max: Option<usize>,
-    name: &'static str,
-) -> CacheResult<()> {
+fn arity(args: Args<'_>, min: usize, max: Option<usize>, name: &'static str) -> CacheResult<()> {
     if args.len() < min || max.is_some_and(|max| args.len() > max) {
         Err(CacheError::WrongArity(name))
     } else {
@@ -146,11 +125,7 @@ fn slot<'a>(key: &'a OpenKey, ns: &Namespace, form: KeyForm) -> CacheResult<Slot
 /// be dropped here (it still makes room from empty namespaces, so a replica's
 /// namespaces stay bounded like its primary's).
 fn namespace(ctx: &Context, prefix: &str) -> CacheResult<&'static Namespace> {
-    let epoch = crate::namespace::epoch();
-    if let Some((_, ns)) = LAST_NAMESPACE
-        .get()
-        .filter(|(seen, ns)| *seen == epoch && ns.name() == prefix)
-    {
+    if let Some(ns) = cached_namespace(prefix.as_bytes()) {
         return Ok(ns);
     }
     let flags = ctx.get_flags();
@@ -161,7 +136,8 @@ fn namespace(ctx: &Context, prefix: &str) -> CacheResult<&'static Namespace> {
         registry.get_or_create(prefix, config::max_namespaces(), config::topk())?
     };
     // Making room may have forgotten a namespace: take the epoch after.
-    LAST_NAMESPACE.set(Some((crate::namespace::epoch(), ns)));
+    LAST_NAMESPACE.store(std::ptr::from_ref(ns).cast_mut(), Ordering::Relaxed);
+    LAST_EPOCH.store(crate::namespace::epoch(), Ordering::Relaxed);
     Ok(ns)
 }
 
@@ -172,10 +148,6 @@ fn namespace(ctx: &Context, prefix: &str) -> CacheResult<&'static Namespace> {
 /// reply must not depend on the statistics' room.
 fn read_namespace(ctx: &Context, prefix: &str) -> Option<&'static Namespace> {
     namespace(ctx, prefix).ok()
-}
-
-fn elapsed_ns(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Whether a read may delete the stale entry it found: not on a replica (it
@@ -192,17 +164,17 @@ fn may_reclaim(ctx: &Context) -> bool {
 }
 
 /// `NSCACHE.SET prefix key ttl value [NX|XX] [LEASE token]`
-pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    let started = Instant::now();
+pub fn set(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
+    let started = Stopwatch::start();
     arity(args, 5, None, "nscache.set")?;
-    let prefix = prefix_arg(&args[1])?;
-    let target = target(ctx, prefix, &args[2])?;
-    let ttl = parse_ttl(args[3].as_slice())?;
-    let value = args[4].as_slice();
+    let prefix = prefix_arg(args.at(1))?;
+    let target = target(ctx, prefix, args.at(2))?;
+    let ttl = parse_ttl(args.at(3))?;
+    let value = args.at(4);
     if value.len() > MAX_VALUE_LEN {
         return Err(CacheError::ValueTooLarge(value.len(), MAX_VALUE_LEN));
     }
-    let options = parse_set_options(args[5..].iter().map(RedisString::as_slice))?;
+    let options = parse_set_options(args.from(5).iter())?;
     // Everything that can fail is computed before the keyspace is touched.
     let now = now_ms();
     let expire_at = expire_at_ms(now, ttl)?;
@@ -237,7 +209,7 @@ pub fn set(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     if proceed {
         stats.counters.sets += 1;
     }
-    stats.write_latency.record(elapsed_ns(started));
+    stats.write_latency.record(started.elapsed_ns());
     Ok(if proceed {
         RedisValue::SimpleStringStatic("OK")
     } else {
@@ -267,15 +239,15 @@ fn store_value(
 #[allow(clippy::too_many_arguments)]
 fn set_with_lease(
     ctx: &Context,
-    args: &[RedisString],
+    args: Args<'_>,
     target: &Target<'_>,
     ns: &'static Namespace,
     token: u64,
     now: i64,
     expire_at: i64,
-    started: Instant,
+    started: Stopwatch,
 ) -> CacheResult<RedisValue> {
-    let value = args[4].as_slice();
+    let value = args.at(4);
     let key = OpenKey::write(ctx, &target.stored);
     // A FETCH grants no lease on a key of another type: finding one means a
     // plain command wrote the key since, which ends the lease like any write.
@@ -315,7 +287,7 @@ fn set_with_lease(
     } else {
         stats.counters.stale_sets_rejected += 1;
     }
-    stats.write_latency.record(elapsed_ns(started));
+    stats.write_latency.record(started.elapsed_ns());
     Ok(if written {
         RedisValue::SimpleStringStatic("OK")
     } else {
@@ -326,18 +298,17 @@ fn set_with_lease(
 /// `NSCACHE.FETCH prefix key lease_ms [REFRESH window_ms]` (SPEC 2.4): HIT with
 /// the value, MISS with a lease token, WAIT with a retry hint, or (inside the
 /// refresh window) REFRESH with the value and a token.
-pub fn fetch(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    let started = Instant::now();
+pub fn fetch(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
+    let started = Stopwatch::start();
     arity(args, 4, Some(6), "nscache.fetch")?;
-    let prefix = prefix_arg(&args[1])?;
-    let target = target(ctx, prefix, &args[2])?;
-    let lease_ms = lease::parse_lease_ms(args[3].as_slice())?;
-    let window = match &args[4..] {
-        [] => None,
-        rest => {
-            let words: Vec<&[u8]> = rest.iter().map(RedisString::as_slice).collect();
-            lease::parse_fetch_options(&words)?
-        }
+    let prefix = prefix_arg(args.at(1))?;
+    let target = target(ctx, prefix, args.at(2))?;
+    let lease_ms = lease::parse_lease_ms(args.at(3))?;
+    // At most two option words (the arity says so): no vector needed.
+    let window = match (args.get(4), args.get(5)) {
+        (None, _) => None,
+        (Some(word), None) => lease::parse_fetch_options(&[word])?,
+        (Some(word), Some(value)) => lease::parse_fetch_options(&[word, value])?,
     };
     let Some(ns) = read_namespace(ctx, prefix) else {
         // No namespace, no lease to name it: the write-back could not be
@@ -345,13 +316,13 @@ pub fn fetch(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         OpenKey::read(ctx, &target.stored).content()?;
         return Err(CacheError::TooManyNamespaces(config::max_namespaces()));
     };
-    let now = now_ms();
     let key = OpenKey::read(ctx, &target.stored);
     let found = slot(&key, ns, target.form)?;
     let outcome = if let Slot::Live(entry) = &found {
-        let refresh = match (window, key.expire_ms()) {
-            (Some(window), Some(left)) if left < window => {
-                match acquire_lease(ctx, ns, &target.stored, now, lease_ms)? {
+        // A plain hit reads neither the expiry nor the clock.
+        let refresh = match window.and_then(|window| Some((window, key.expire_ms()?))) {
+            Some((window, left)) if left < window => {
+                match acquire_lease(ctx, ns, &target.stored, now_ms(), lease_ms)? {
                     Acquire::Granted(token) => Some(token),
                     Acquire::Held { .. } => None,
                 }
@@ -382,7 +353,7 @@ pub fn fetch(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         if stale && may_reclaim(ctx) {
             sweeper::reclaim(ctx, &target.stored);
         }
-        match acquire_lease(ctx, ns, &target.stored, now, lease_ms)? {
+        match acquire_lease(ctx, ns, &target.stored, now_ms(), lease_ms)? {
             Acquire::Granted(token) => {
                 raw::reply_with_array(ctx.ctx, 2);
                 raw::reply_with_simple_string(ctx.ctx, c"MISS".as_ptr());
@@ -411,7 +382,7 @@ pub fn fetch(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
         // A WAIT is neither a hit nor a miss: the caller reads again.
         Fetched::Wait => stats.counters.lease_waits += 1,
     }
-    stats.read_latency.record(elapsed_ns(started));
+    stats.read_latency.record(started.elapsed_ns());
     Ok(RedisValue::NoReply)
 }
 
@@ -451,7 +422,7 @@ fn selected_db(ctx: &Context) -> i32 {
 
 /// Replicates `NSCACHE.SET prefix key ttl value` (the arguments of this
 /// command without its options).
-fn replicate_plain_set(ctx: &Context, args: &[RedisString]) {
+fn replicate_plain_set(ctx: &Context, args: Args<'_>) {
     // SAFETY: "ssss" = four RedisModuleStrings, all arguments of the running
     // command and valid for the call.
     unsafe {
@@ -460,10 +431,10 @@ fn replicate_plain_set(ctx: &Context, args: &[RedisString]) {
                 ctx.ctx,
                 c"NSCACHE.SET".as_ptr(),
                 c"ssss".as_ptr(),
-                args[1].inner,
-                args[2].inner,
-                args[3].inner,
-                args[4].inner,
+                args.raw(1),
+                args.raw(2),
+                args.raw(3),
+                args.raw(4),
             );
         }
     }
@@ -483,11 +454,11 @@ fn reply_found(ctx: &Context, found: &Slot<'_>) -> bool {
 }
 
 /// `NSCACHE.GET prefix key`
-pub fn get(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    let started = Instant::now();
+pub fn get(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
+    let started = Stopwatch::start();
     arity(args, 3, Some(3), "nscache.get")?;
-    let prefix = prefix_arg(&args[1])?;
-    let target = target(ctx, prefix, &args[2])?;
+    let prefix = prefix_arg(args.at(1))?;
+    let target = target(ctx, prefix, args.at(2))?;
     let Some(ns) = read_namespace(ctx, prefix) else {
         // No room to count it; still a WRONGTYPE check, then a miss.
         OpenKey::read(ctx, &target.stored).content()?;
@@ -504,16 +475,16 @@ pub fn get(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     }
     let mut stats = ns.stats();
     stats.read(target.key, hit);
-    stats.read_latency.record(elapsed_ns(started));
+    stats.read_latency.record(started.elapsed_ns());
     Ok(RedisValue::NoReply)
 }
 
 /// `NSCACHE.MGET prefix key [key ...]`
-pub fn mget(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    let started = Instant::now();
+pub fn mget(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
+    let started = Stopwatch::start();
     arity(args, 3, None, "nscache.mget")?;
-    let prefix = prefix_arg(&args[1])?;
-    let targets = targets(ctx, prefix, &args[2..])?;
+    let prefix = prefix_arg(args.at(1))?;
+    let targets = targets(ctx, prefix, args.from(2))?;
     let Some(ns) = read_namespace(ctx, prefix) else {
         // No room to count them; still WRONGTYPE checks, then misses.
         for t in &targets {
@@ -555,16 +526,16 @@ pub fn mget(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     for (t, hit) in targets.iter().zip(outcomes) {
         stats.read(t.key, hit);
     }
-    stats.read_latency.record(elapsed_ns(started));
+    stats.read_latency.record(started.elapsed_ns());
     Ok(RedisValue::NoReply)
 }
 
 /// `NSCACHE.DEL prefix key [key ...]`
-pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    let started = Instant::now();
+pub fn del(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
+    let started = Stopwatch::start();
     arity(args, 3, None, "nscache.del")?;
-    let prefix = prefix_arg(&args[1])?;
-    let targets = targets(ctx, prefix, &args[2..])?;
+    let prefix = prefix_arg(args.at(1))?;
+    let targets = targets(ctx, prefix, args.from(2))?;
     // DEL only removes: an unknown namespace has nothing here to remove.
     let ns = read_namespace(ctx, prefix);
 
@@ -614,16 +585,16 @@ pub fn del(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
     if let Some(ns) = ns {
         let mut stats = ns.stats();
         stats.counters.deletes += deleted;
-        stats.write_latency.record(elapsed_ns(started));
+        stats.write_latency.record(started.elapsed_ns());
     }
     Ok(RedisValue::Integer(deleted as i64))
 }
 
 /// `NSCACHE.TTL prefix key`
-pub fn ttl(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+pub fn ttl(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 3, Some(3), "nscache.ttl")?;
-    let prefix = prefix_arg(&args[1])?;
-    let target = target(ctx, prefix, &args[2])?;
+    let prefix = prefix_arg(args.at(1))?;
+    let target = target(ctx, prefix, args.at(2))?;
     let Some(ns) = registry().get(prefix) else {
         OpenKey::read(ctx, &target.stored).content()?;
         return Ok(RedisValue::Integer(-2));
@@ -639,10 +610,10 @@ pub fn ttl(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
 }
 
 /// `NSCACHE.INVALIDATE prefix`
-pub fn invalidate(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
-    let started = Instant::now();
+pub fn invalidate(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
+    let started = Stopwatch::start();
     arity(args, 2, Some(2), "nscache.invalidate")?;
-    let prefix = prefix_arg(&args[1])?;
+    let prefix = prefix_arg(args.at(1))?;
     // A namespace this node does not have holds nothing here to invalidate; L1
     // caches are still told (they may hold entries from other nodes).
     let Some(ns) = read_namespace(ctx, prefix) else {
@@ -653,19 +624,18 @@ pub fn invalidate(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue
     sweeper::request();
     ctx.replicate_verbatim();
     publish_invalidation(ctx, prefix, InvalidationScope::Namespace);
-    ns.stats().write_latency.record(elapsed_ns(started));
+    ns.stats().write_latency.record(started.elapsed_ns());
     Ok(RedisValue::Integer(
         i64::try_from(invalidated).unwrap_or(i64::MAX),
     ))
 }
 
 /// `NSCACHE.STATS [prefix] [JSON]`
-pub fn stats(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+pub fn stats(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 1, Some(3), "nscache.stats")?;
-    let mut rest = &args[1..];
-    let json = rest
-        .last()
-        .is_some_and(|a| a.as_slice().eq_ignore_ascii_case(b"JSON"));
+    let words: Vec<&[u8]> = args.from(1).iter().collect();
+    let mut rest = &words[..];
+    let json = rest.last().is_some_and(|a| a.eq_ignore_ascii_case(b"JSON"));
     if json {
         rest = &rest[..rest.len() - 1];
     }
@@ -693,11 +663,7 @@ pub fn stats(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
             }
             reply_stats(ctx, &report);
         }
-        [_, other] => {
-            return Err(CacheError::UnknownOption(crate::args::printable(
-                other.as_slice(),
-            )))
-        }
+        [_, other] => return Err(CacheError::UnknownOption(crate::args::printable(other))),
         _ => return Err(CacheError::WrongArity("nscache.stats")),
     }
     Ok(RedisValue::NoReply)
@@ -762,11 +728,11 @@ fn reply_stats(ctx: &Context, r: &NamespaceStats) {
 }
 
 /// `NSCACHE.TOPKEYS prefix [count]`
-pub fn topkeys(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+pub fn topkeys(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 2, Some(3), "nscache.topkeys")?;
-    let prefix = prefix_arg(&args[1])?;
+    let prefix = prefix_arg(args.at(1))?;
     let count = match args.get(2) {
-        Some(raw) => parse_count(raw.as_slice())?,
+        Some(raw) => parse_count(raw)?,
         None => config::topk(),
     };
     let top = registry()
@@ -782,7 +748,7 @@ pub fn topkeys(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
 }
 
 /// `NSCACHE.RESETSTATS [prefix]`
-pub fn resetstats(_ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+pub fn resetstats(_ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 1, Some(2), "nscache.resetstats")?;
     match args.get(1) {
         None => registry().all().iter().for_each(|ns| ns.reset_stats()),
@@ -809,19 +775,18 @@ fn from_loading_or_primary(ctx: &Context) -> bool {
 ///
 /// Only AOF loading and a primary's stream may run it: from a client it would
 /// create an entry that never expires, which NSCACHE.SET cannot.
-pub fn restoreentry(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+pub fn restoreentry(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 5, Some(5), "nscache.restoreentry")?;
-    let stored = &args[1];
-    if stored.as_slice().is_empty() {
+    if args.at(1).is_empty() {
         return Err(CacheError::EmptyKey);
     }
-    let prefix = prefix_arg(&args[2])?;
-    let form = match args[3].as_slice() {
+    let prefix = prefix_arg(args.at(2))?;
+    let form = match args.at(3) {
         b"0" => KeyForm::Wrapped,
         b"1" => KeyForm::Tagged,
         _ => return Err(CacheError::BadForm),
     };
-    let value = args[4].as_slice();
+    let value = args.at(4);
     if value.len() > MAX_VALUE_LEN {
         return Err(CacheError::ValueTooLarge(value.len(), MAX_VALUE_LEN));
     }
@@ -830,13 +795,15 @@ pub fn restoreentry(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisVal
         return Err(CacheError::InternalCommand);
     }
     let ns = namespace(ctx, prefix)?;
-    let key = OpenKey::write(ctx, stored);
+    // The argument itself names the key (retained while it is in use here).
+    let stored = RedisString::new(NonNull::new(ctx.ctx), args.raw(1));
+    let key = OpenKey::write(ctx, &stored);
     let occupied = matches!(key.content()?, Content::Entry(_));
     let charged = charge_for(stored.as_slice().len(), value.len());
     let entry = Entry::new(ns, ns.generation(), form, value, charged);
     key.store(entry, None, occupied)?;
     drop(key);
-    lease::void_key(selected_db(ctx), stored.as_slice());
+    lease::void_key(selected_db(ctx), args.at(1));
     ctx.replicate_verbatim();
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
@@ -845,18 +812,18 @@ pub fn restoreentry(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisVal
 /// OK when forgotten and when no such namespace exists (nothing to forget);
 /// an error, and no change, while it holds entries of any kind. Statistics are
 /// per node, so it is not replicated.
-pub fn forget(_ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+pub fn forget(_ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 2, Some(2), "nscache.forget")?;
-    let prefix = prefix_arg(&args[1])?;
+    let prefix = prefix_arg(args.at(1))?;
     registry().forget(prefix)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
 /// `NSCACHE.KEYNAME prefix key`
-pub fn keyname(ctx: &Context, args: &[RedisString]) -> CacheResult<RedisValue> {
+pub fn keyname(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 3, Some(3), "nscache.keyname")?;
-    let prefix = prefix_arg(&args[1])?;
-    let target = target(ctx, prefix, &args[2])?;
+    let prefix = prefix_arg(args.at(1))?;
+    let target = target(ctx, prefix, args.at(2))?;
     Ok(RedisValue::StringBuffer(target.stored.as_slice().to_vec()))
 }
 
@@ -913,21 +880,83 @@ fn publish_invalidation(ctx: &Context, prefix: &str, scope: InvalidationScope) {
 }
 
 fn replicate_pexpireat(ctx: &Context, stored: &RedisString, at_ms: i64) {
-    // SAFETY: "sl" = one RedisModuleString and one long long, both valid now.
+    // The time as decimal digits in a buffer ("b"): Redis turns an "l"
+    // argument into a string through an sds and a second allocation.
+    let mut digits = [0u8; 20];
+    let time = decimal(at_ms, &mut digits);
+    // SAFETY: "sb" = one RedisModuleString, then a buffer and its length, all
+    // valid for the call (Redis copies the buffer).
     unsafe {
         if let Some(replicate) = raw::RedisModule_Replicate {
             replicate(
                 ctx.ctx,
                 c"PEXPIREAT".as_ptr(),
-                c"sl".as_ptr(),
+                c"sb".as_ptr(),
                 stored.inner,
-                at_ms as std::ffi::c_longlong,
+                time.as_ptr().cast::<std::ffi::c_char>(),
+                time.len(),
             );
         }
     }
 }
 
+/// Writes `value` in decimal at the end of `out` and returns the digits (two
+/// digits per division: a 13-digit time costs seven).
+fn decimal(value: i64, out: &mut [u8; 20]) -> &[u8] {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+                                2021222324252627282930313233343536373839\
+                                4041424344454647484950515253545556575859\
+                                6061626364656667686970717273747576777879\
+                                8081828384858687888990919293949596979899";
+    let mut rest = value.unsigned_abs();
+    let mut at = out.len();
+    while rest >= 100 {
+        let pair = (rest % 100) as usize * 2;
+        rest /= 100;
+        at -= 2;
+        out[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if rest >= 10 {
+        let pair = rest as usize * 2;
+        at -= 2;
+        out[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        at -= 1;
+        out[at] = b'0' + rest as u8;
+    }
+    if value < 0 {
+        at -= 1;
+        out[at] = b'-';
+    }
+    &out[at..]
+}
+
 fn now_ms() -> i64 {
     // SAFETY: the module API is initialised before any command runs.
     unsafe { raw::RedisModule_Milliseconds.map(|f| f()) }.unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_matches_display() {
+        for value in [
+            0,
+            7,
+            -7,
+            10,
+            99,
+            100,
+            101,
+            -100,
+            1_800_000_000_123,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut out = [0u8; 20];
+            assert_eq!(decimal(value, &mut out), value.to_string().as_bytes());
+        }
+    }
 }

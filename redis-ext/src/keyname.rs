@@ -31,6 +31,15 @@ pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
 
 /// Decides how `key` is stored, refusing keys whose slot a wrapper cannot keep.
 pub fn key_form(key: &[u8]) -> Result<KeyForm, CacheError> {
+    // Most keys hold no brace at all: a word-at-a-time scan settles them
+    // without the searches below.
+    if !has_brace(key) {
+        return if key.is_empty() {
+            Err(CacheError::EmptyKey)
+        } else {
+            Ok(KeyForm::Wrapped)
+        };
+    }
     if hash_tag(key).is_some() {
         Ok(KeyForm::Tagged)
     } else if key.is_empty() {
@@ -59,6 +68,50 @@ pub fn stored_name_into(prefix: &str, key: &[u8], form: KeyForm, out: &mut Vec<u
         }
         KeyForm::Tagged => out.extend_from_slice(key),
     }
+}
+
+/// Whether `key` holds a `{` or a `}`, eight bytes at a time.
+fn has_brace(key: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero iff the same byte of the result has its top bit
+    // set (exact for the lowest zero byte, which is all an "any" needs).
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let word_has_brace =
+        |w: u64| has_zero(w ^ (ONES * u64::from(b'{'))) || has_zero(w ^ (ONES * u64::from(b'}')));
+    let mut words = key.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        if word_has_brace(u64::from_le_bytes(bytes)) {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| b == b'{' || b == b'}')
+}
+
+/// Writes the stored name of `key` in namespace `prefix` at the start of
+/// `out` and returns it; None (nothing written) when `out` is too short.
+pub fn stored_name_in<'b>(
+    prefix: &str,
+    key: &[u8],
+    form: KeyForm,
+    out: &'b mut [u8],
+) -> Option<&'b [u8]> {
+    let (open, close): (&[u8], &[u8]) = match form {
+        KeyForm::Wrapped => (b":{", b"}"),
+        KeyForm::Tagged => (b":", b""),
+    };
+    let len = prefix.len() + open.len() + key.len() + close.len();
+    let name = out.get_mut(..len)?;
+    let (p, rest) = name.split_at_mut(prefix.len());
+    p.copy_from_slice(prefix.as_bytes());
+    let (o, rest) = rest.split_at_mut(open.len());
+    o.copy_from_slice(open);
+    let (k, c) = rest.split_at_mut(key.len());
+    k.copy_from_slice(key);
+    c.copy_from_slice(close);
+    Some(name)
 }
 
 /// CRC16-CCITT (XMODEM), the checksum Redis Cluster uses for key slots.
@@ -112,6 +165,43 @@ mod tests {
         assert_eq!(hash_tag(b"a{b"), None);
         assert_eq!(hash_tag(b"}{a}"), Some(&b"a"[..]));
         assert_eq!(hash_tag(b"{{a}"), Some(&b"{a"[..]));
+    }
+
+    #[test]
+    fn names_built_in_place_match_the_vector_form() {
+        for (key, form) in [
+            (&b"42"[..], KeyForm::Wrapped),
+            (b"user:{7}:x", KeyForm::Tagged),
+            (b"", KeyForm::Wrapped),
+        ] {
+            let mut buffer = [0u8; 32];
+            let name = stored_name_in("ns", key, form, &mut buffer).map(<[u8]>::to_vec);
+            assert_eq!(name, Some(stored_name("ns", key, form)), "{key:?}");
+        }
+        let mut small = [0u8; 6];
+        assert_eq!(
+            stored_name_in("ns", b"42", KeyForm::Wrapped, &mut small),
+            None
+        );
+        assert_eq!(
+            stored_name_in("ns", b"4", KeyForm::Wrapped, &mut small),
+            Some(&b"ns:{4}"[..])
+        );
+    }
+
+    #[test]
+    fn brace_scan_finds_every_position() {
+        for len in 0..40 {
+            assert!(!has_brace(&vec![b'z'; len]));
+            assert!(!has_brace(&vec![0x7c; len]), "| sits between the braces");
+            for at in 0..len {
+                for brace in [b'{', b'}'] {
+                    let mut key = vec![0xffu8; len];
+                    key[at] = brace;
+                    assert!(has_brace(&key), "{brace} at {at} of {len}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -277,14 +277,19 @@ pub fn parse_window_ms(raw: &[u8]) -> CacheResult<i64> {
 }
 
 fn parse_ms(raw: &[u8], max: i64) -> Option<i64> {
-    if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {
+    // Digits only (no sign, no spaces), folded by hand: FETCH parses one on
+    // every read, and `str::parse` validates UTF-8 and signs first.
+    if raw.is_empty() || raw.len() > 19 {
         return None;
     }
-    std::str::from_utf8(raw)
-        .ok()?
-        .parse::<i64>()
-        .ok()
-        .filter(|ms| (1..=max).contains(ms))
+    let mut value: i64 = 0;
+    for &b in raw {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+    }
+    (1..=max).contains(&value).then_some(value)
 }
 
 /// Options of `NSCACHE.FETCH` after `lease_ms`: `[REFRESH window_ms]`.

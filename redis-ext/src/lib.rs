@@ -1,13 +1,17 @@
 //! nscache: a namespaced, self-monitoring cache as a Redis module (SPEC 2).
 //!
-//! Logic is plain Rust with unit tests: `args`, `entry`, `guard`, `histogram`,
-//! `keyname`, `lease`, `lifecycle`, `memsize`, `namespace`, `removal`, `sweep`, `topk`. The FFI layer is thin:
-//! `commands`, `datatype`, `openkey`, `sweeper`, and the module table below.
+//! Logic is plain Rust with unit tests: `args`, `clock`, `entry`, `guard`,
+//! `histogram`, `keyname`, `lease`, `lifecycle`, `memsize`, `namespace`,
+//! `removal`, `sweep`, `topk`. The FFI layer is thin: `commands`, `datatype`,
+//! `dispatch` (the raw command callback), `openkey`, `sweeper`, and the
+//! command table below.
 
 pub mod args;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod datatype;
+pub mod dispatch;
 pub mod entry;
 pub mod error;
 pub mod guard;
@@ -37,9 +41,10 @@ mod module {
     };
     use redis_module_macros::{info_command_handler, role_changed_event_handler};
 
-    use crate::commands::{self, guarded};
+    use crate::commands;
     use crate::config;
     use crate::datatype::{self, ENTRY_TYPE};
+    use crate::dispatch::{self, Command};
     use crate::guard;
     use crate::lease;
     use crate::namespace::{registry, try_registry};
@@ -53,6 +58,15 @@ mod module {
             crate::log::warning(&format!("nscache: panic caught: {info}"));
         }));
         guard::catch("init", Status::Err, || {
+            // SAFETY: init runs inside OnLoad, with the module's context.
+            if let Err(name) = unsafe { dispatch::register(ctx.ctx, COMMANDS) } {
+                crate::log::warning(&format!(
+                    "nscache: could not register the command {}",
+                    name.to_string_lossy()
+                ));
+                return Status::Err;
+            }
+            crate::clock::init();
             // A truncated RESTORE payload must fail the load, not crash the server.
             ctx.set_module_options(ModuleOptions::HANDLE_IO_ERRORS);
             datatype::set_cluster_mode(ctx.get_flags().contains(ContextFlags::CLUSTER));
@@ -264,15 +278,7 @@ mod module {
         Ok(())
     }
 
-    macro_rules! handlers {
-        ($($wrapper:ident => $handler:path),* $(,)?) => {$(
-            fn $wrapper(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-                guarded(ctx, args, $handler)
-            }
-        )*};
-    }
-
-    handlers! {
+    crate::command_callbacks! {
         cmd_set => commands::set,
         cmd_get => commands::get,
         cmd_fetch => commands::fetch,
@@ -288,41 +294,62 @@ mod module {
         cmd_forget => commands::forget,
     }
 
+    /// Builds a [`Command`] table entry.
+    macro_rules! command {
+        ($name:literal, $callback:ident, $flags:literal, $first:literal, $last:literal, $step:literal) => {
+            Command {
+                name: $name,
+                callback: $callback,
+                flags: $flags,
+                first_key: $first,
+                last_key: $last,
+                key_step: $step,
+            }
+        };
+    }
+
+    /// Every command, registered at load with `RedisModule_CreateCommand`
+    /// (dispatch.rs: no per-call argument vector). Columns: name, callback,
+    /// flags, first key, last key, key step.
+    #[rustfmt::skip]
+    const COMMANDS: &[Command] = &[
+        // `key` (argument 2) is the declared key: its slot equals the stored
+        // name's slot, so cluster clients route on it (SPEC 2.2).
+        command!(c"nscache.set", cmd_set, c"write deny-oom", 2, 2, 1),
+        // A read may delete the stale entry it finds and replicate an
+        // UNLINK: `may-replicate` says so (Redis then holds it during
+        // CLIENT PAUSE WRITE and refuses it in read-only scripts).
+        command!(c"nscache.get", cmd_get, c"readonly may-replicate fast", 2, 2, 1),
+        command!(c"nscache.mget", cmd_mget, c"readonly may-replicate fast", 2, -1, 1),
+        // FETCH writes no keyspace data (leases are per-node memory, never
+        // replicated); like GET it may reclaim the stale entry it finds.
+        command!(c"nscache.fetch", cmd_fetch, c"readonly may-replicate fast", 2, 2, 1),
+        command!(c"nscache.del", cmd_del, c"write", 2, -1, 1),
+        command!(c"nscache.ttl", cmd_ttl, c"readonly fast", 2, 2, 1),
+        // Namespace-wide commands are keyless: they act on the node that
+        // receives them.
+        command!(c"nscache.invalidate", cmd_invalidate, c"write fast", 0, 0, 0),
+        command!(c"nscache.stats", cmd_stats, c"readonly", 0, 0, 0),
+        command!(c"nscache.topkeys", cmd_topkeys, c"readonly", 0, 0, 0),
+        command!(c"nscache.resetstats", cmd_resetstats, c"fast", 0, 0, 0),
+        // Statistics are per node: FORGET changes no keyspace data and is
+        // not replicated, so it is no `write` (and runs on replicas too).
+        command!(c"nscache.forget", cmd_forget, c"fast", 0, 0, 0),
+        command!(c"nscache.keyname", cmd_keyname, c"readonly fast", 0, 0, 0),
+        // Internal: what AOF rewrites emit (the stored name is the key).
+        // The handler refuses it unless it comes from AOF loading or the
+        // replication link.
+        command!(c"nscache.restoreentry", cmd_restoreentry, c"write deny-oom", 1, 1, 1),
+    ];
+
     redis_module! {
         name: "nscache",
         version: 1,
         allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
         data_types: [ENTRY_TYPE],
         init: init,
-        commands: [
-            // `key` (argument 2) is the declared key: its slot equals the stored
-            // name's slot, so cluster clients route on it (SPEC 2.2).
-            ["nscache.set", cmd_set, "write deny-oom", 2, 2, 1, ""],
-            // A read may delete the stale entry it finds and replicate an
-            // UNLINK: `may-replicate` says so (Redis then holds it during
-            // CLIENT PAUSE WRITE and refuses it in read-only scripts).
-            ["nscache.get", cmd_get, "readonly may-replicate fast", 2, 2, 1, ""],
-            ["nscache.mget", cmd_mget, "readonly may-replicate fast", 2, -1, 1, ""],
-            // FETCH writes no keyspace data (leases are per-node memory, never
-            // replicated); like GET it may reclaim the stale entry it finds.
-            ["nscache.fetch", cmd_fetch, "readonly may-replicate fast", 2, 2, 1, ""],
-            ["nscache.del", cmd_del, "write", 2, -1, 1, ""],
-            ["nscache.ttl", cmd_ttl, "readonly fast", 2, 2, 1, ""],
-            // Namespace-wide commands are keyless: they act on the node that
-            // receives them.
-            ["nscache.invalidate", cmd_invalidate, "write fast", 0, 0, 0, ""],
-            ["nscache.stats", cmd_stats, "readonly", 0, 0, 0, ""],
-            ["nscache.topkeys", cmd_topkeys, "readonly", 0, 0, 0, ""],
-            ["nscache.resetstats", cmd_resetstats, "fast", 0, 0, 0, ""],
-            // Statistics are per node: FORGET changes no keyspace data and is
-            // not replicated, so it is no `write` (and runs on replicas too).
-            ["nscache.forget", cmd_forget, "fast", 0, 0, 0, ""],
-            ["nscache.keyname", cmd_keyname, "readonly fast", 0, 0, 0, ""],
-            // Internal: what AOF rewrites emit (the stored name is the key).
-            // The handler refuses it unless it comes from AOF loading or the
-            // replication link.
-            ["nscache.restoreentry", cmd_restoreentry, "write deny-oom", 1, 1, 1, ""],
-        ],
+        // Commands: COMMANDS above, registered by `init`.
+        commands: [],
         event_handlers: [
             [@EXPIRED @EVICTED @GENERIC: on_key_event],
         ],

@@ -46,15 +46,19 @@ impl OpenKey {
         if self.raw.is_null() {
             return Ok(Content::Empty);
         }
+        // The common case first: a key of our type (GetType is null for an
+        // empty key and for keys of other types).
+        let ours = raw_type();
         // SAFETY: `raw` is an open key of the running command.
-        let key_type = unsafe { call(raw::RedisModule_KeyType)?(self.raw) };
-        if key_type == raw::REDISMODULE_KEYTYPE_EMPTY as i32 {
-            return Ok(Content::Empty);
-        }
-        if key_type != raw::REDISMODULE_KEYTYPE_MODULE as i32
-            || unsafe { call(raw::RedisModule_ModuleTypeGetType)?(self.raw) } != raw_type()
+        if ours.is_null() || unsafe { call(raw::RedisModule_ModuleTypeGetType)?(self.raw) } != ours
         {
-            return Err(CacheError::WrongType);
+            // SAFETY: as above.
+            let key_type = unsafe { call(raw::RedisModule_KeyType)?(self.raw) };
+            return if key_type == raw::REDISMODULE_KEYTYPE_EMPTY as i32 {
+                Ok(Content::Empty)
+            } else {
+                Err(CacheError::WrongType)
+            };
         }
         // SAFETY: a key of our type holds a pointer made by Entry::into_raw.
         let value = unsafe { call(raw::RedisModule_ModuleTypeGetValue)?(self.raw) };

@@ -68,7 +68,11 @@ pub fn start(ctx: &Context) {
 }
 
 fn on_tick(ctx: &Context, _: ()) {
-    if catch_unwind(AssertUnwindSafe(|| tick(ctx))).is_err() {
+    let ticked = catch_unwind(AssertUnwindSafe(|| {
+        crate::clock::recalibrate();
+        tick(ctx);
+    }));
+    if ticked.is_err() {
         crate::log::warning("nscache: sweep tick failed; retrying next tick");
     }
     ctx.create_timer(TICK, on_tick, ());

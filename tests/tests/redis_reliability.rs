@@ -554,6 +554,10 @@ fn a_stale_read_on_a_replica_is_a_miss_and_the_replica_does_not_diverge() {
     let (mut p, mut r) = (primary.conn(), replica.conn());
     fill(&mut p, "p", 500, 600, "v");
     set(&mut p, "q", "k", 600, "live");
+    // The replica holds the entries before they go stale (on a loaded machine
+    // its initial sync may still run here, and an empty replica would pass
+    // the misses below for the wrong reason).
+    wait_replica(&mut p);
     // Keep the primary from sweeping while the replica reads stale entries.
     pause_after_invalidate(&mut p, "p");
     wait_until(Duration::from_secs(10), "INVALIDATE replicated", || {
