@@ -7,9 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use cachetx_shared::slot::key_slot;
 use cachetx_shared::{CacheInvalidation, InvalidationScope};
 
-use crate::redis_client::{key_slot, Target};
+use crate::redis_client::Target;
 
 /// Most keys in one `NSCACHE.DEL`, to keep a single command's time in Redis short.
 pub const MAX_KEYS_PER_DEL: usize = 1000;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use cachetx_shared::slot::key_slot;
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
@@ -26,6 +27,13 @@ pub enum Target {
     Slot(u16),
     /// Every primary; integer replies are summed.
     AllPrimariesSum,
+}
+
+impl Target {
+    /// The primary that owns `key`'s slot.
+    pub fn for_key(key: &[u8]) -> Target {
+        Target::Slot(key_slot(key))
+    }
 }
 
 /// A connected Redis: one node, or a cluster.
@@ -216,8 +224,6 @@ pub fn text_of(value: &Value) -> Option<String> {
         _ => None,
     }
 }
-
-pub use cachetx_shared::slot::key_slot;
 
 #[cfg(test)]
 mod tests {

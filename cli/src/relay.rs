@@ -21,7 +21,7 @@ use crate::backoff::Backoff;
 use crate::config::{PgArgs, RedisArgs};
 use crate::pg::{self, PgConn};
 use crate::plan::{self, Op};
-use crate::redis_client::{is_unavailable, key_slot, RedisHandle, Target};
+use crate::redis_client::{is_unavailable, RedisHandle, Target};
 
 /// Default name of the Redis Stream that `--streams` mirrors events to.
 pub const DEFAULT_STREAM: &str = "cachetx:events";
@@ -442,10 +442,9 @@ async fn mirror(
             Err(e) => failed.push((event.id, e)),
         }
     }
-    let slot = key_slot(args.stream_name.as_bytes());
     // One pipeline to one node keeps the stream in the batch's order.
     let replies = redis
-        .pipeline_at(cmds, Target::Slot(slot))
+        .pipeline_at(cmds, Target::for_key(args.stream_name.as_bytes()))
         .await
         .map_err(ApplyError::RedisDown)?;
     for (id, reply) in ids.into_iter().zip(replies) {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::Ledger;
-use crate::redis_client::{key_slot, text_of, RedisHandle, Target};
+use crate::redis_client::{text_of, RedisHandle, Target};
 
 /// Statuses a candidate moves through.
 const STATUSES: [&str; 6] = [
@@ -218,7 +218,7 @@ async fn read_with_lease(
     candidate: i32,
 ) -> Result<Profile> {
     let key = candidate.to_string();
-    let target = Target::Slot(key_slot(key.as_bytes()));
+    let target = Target::for_key(key.as_bytes());
     loop {
         let mut fetch = redis::cmd("NSCACHE.FETCH");
         fetch.arg(&shared.prefix).arg(&key).arg(2000);
@@ -264,7 +264,7 @@ async fn read_cache_aside(
     candidate: i32,
 ) -> Result<Profile> {
     let key = candidate.to_string();
-    let target = Target::Slot(key_slot(key.as_bytes()));
+    let target = Target::for_key(key.as_bytes());
     let mut get = redis::cmd("NSCACHE.GET");
     get.arg(&shared.prefix).arg(&key);
     match redis.run(get, target).await.context("NSCACHE.GET")? {
@@ -380,7 +380,7 @@ pub async fn stale_entries(
         let mut get = redis::cmd("NSCACHE.GET");
         get.arg(prefix).arg(&key);
         let value = redis
-            .run(get, Target::Slot(key_slot(key.as_bytes())))
+            .run(get, Target::for_key(key.as_bytes()))
             .await
             .context("NSCACHE.GET")?;
         if value != Value::Nil && decode(&value)?.version < version {
