@@ -397,3 +397,53 @@ fn a_key_redis_refuses_is_nacked_alone_and_the_rest_of_the_batch_applied() {
     assert_eq!(nacked, 1, "only the refused event is retried");
     expect_clean_exit(&mut relay);
 }
+
+#[test]
+fn sigterm_finishes_the_batch_in_hand_and_exits_zero() {
+    const N: usize = 20_000;
+    let server = RedisServer::start();
+    let db = pg().create_db("cli_relay_sigterm");
+    let mut conn = server.conn();
+    fill(&mut conn, "cand", N, 3600, "v");
+    commit(
+        &db,
+        "SELECT txevents.create_consumer('relay', ARRAY['cache.invalidate'])",
+    );
+    commit(
+        &db,
+        &format!(
+            "SELECT txevents.invalidate('cand', 'key' || i) FROM generate_series(0, {}) i",
+            N - 1
+        ),
+    );
+    let mut relay = start_relay(&db, &server_env(server.port(), &db), &["--batch", "100"]);
+    wait_until(CATCH_UP, "the relay made progress", || {
+        stats(&mut conn, "cand").entries < N as u64
+    });
+    expect_clean_exit(&mut relay);
+    // Stopped mid-stream (positive control), and no claim was left to its lease: the
+    // batch in hand was applied and acked before the exit.
+    let left = stats(&mut conn, "cand").entries;
+    assert!(left > 0, "the relay finished everything before the signal");
+    let claimed: i64 = db
+        .connect()
+        .query_one(
+            "SELECT coalesce(sum(cardinality(event_ids)), 0)::bigint FROM txevents.claims WHERE consumer = 'relay'",
+            &[],
+        )
+        .expect("claims")
+        .get(0);
+    assert_eq!(claimed, 0, "a claimed batch was abandoned");
+    let pending: i64 = db
+        .connect()
+        .query_one(
+            "SELECT pending FROM txevents.consumer_lag WHERE consumer = 'relay'",
+            &[],
+        )
+        .expect("lag")
+        .get(0);
+    assert_eq!(
+        pending as u64, left,
+        "every acked event was applied, every applied one acked"
+    );
+}
