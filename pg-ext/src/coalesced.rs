@@ -45,6 +45,13 @@ const BATCH: i64 = 1000;
 /// `pg_stat_activity.backend_type` of the workers.
 const WORKER_TYPE: &str = "txevents coalesced";
 
+extern "C-unwind" {
+    // Postgres's SIGTERM handler of backends (tcop/postgres.c), as the raw C function:
+    // pgrx's `pg_sys::die` is a Rust wrapper, not a signal handler.
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+}
+
 static BASE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 
 thread_local! {
@@ -252,9 +259,19 @@ pub extern "C-unwind" fn txevents_coalesced_starter(_arg: pg_sys::Datum) {
 #[no_mangle]
 pub extern "C-unwind" fn txevents_coalesced_main(arg: pg_sys::Datum) {
     let oid = arg.value() as u32;
-    // SIGTERM keeps Postgres's bgworker handler: it ends the process at once (FATAL,
-    // exit code 1, so the postmaster starts a new worker), even in a lock wait or in
-    // the middle of a batch, whose transaction then rolls back and is sent again.
+    // SIGTERM (pg_terminate_backend, shutdown) goes to Postgres's `die`, as in a
+    // backend: the process ends with FATAL (exit code 1, so the postmaster starts a new
+    // worker) at the next interrupt check, a lock wait included, and never inside a
+    // critical section (the default bgworker handler raises FATAL from the signal
+    // handler itself, which during a commit's WAL insert is a PANIC of the server). A
+    // batch cut short rolls back and is sent again.
+    // SAFETY: installs a handler of Postgres's own while signals are still blocked.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     let Some(registry) = registry() else {
         return;

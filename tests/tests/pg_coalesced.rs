@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cachetx_shared::{NotifyPayload, RawEnvelope, Timestamp, FORMAT_VERSION};
 use cachetx_tests::pg_cluster::{pg_with_settings, start_cluster};
 use cachetx_tests::TestDb;
-use pg_common::{expect_error, seed, Rng, EVENTUALLY, QUIET};
+use pg_common::{expect_error, postmaster_start, seed, Rng, EVENTUALLY, QUIET};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 use serde_json::value::RawValue;
@@ -274,6 +274,7 @@ fn terminating_the_worker_mid_stream_loses_nothing() {
     let db = pg().create_db("coalesced_terminate");
     let mut listener = RawListener::new(db.connect());
     let mut admin = db.connect();
+    let started = postmaster_start(&mut admin);
     let committed = Mutex::new(Vec::<i64>::new());
     let running = AtomicBool::new(true);
     // Start the worker, so there is one to terminate.
@@ -340,6 +341,8 @@ fn terminating_the_worker_mid_stream_loses_nothing() {
         seen.keys().all(|id| committed.contains(id)),
         "only committed events"
     );
+    // The worker was terminated, the server was not (a PANIC would restart it).
+    assert_eq!(postmaster_start(&mut admin), started);
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     eprintln!(
         "{} events, worker terminated {terminated} times, {duplicates} duplicate notifications",
