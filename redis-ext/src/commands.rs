@@ -9,6 +9,7 @@ use cachetx_shared::{
 };
 use redis_module::{raw, Context, ContextFlags, RedisString, RedisValue};
 
+use crate::acl::{self, Access};
 use crate::args::{
     expire_at_ms, parse_count, parse_set_options, parse_ttl, SetCondition, MAX_VALUE_LEN,
 };
@@ -178,6 +179,7 @@ pub fn set(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     // Everything that can fail is computed before the keyspace is touched.
     let now = now_ms();
     let expire_at = expire_at_ms(now, ttl)?;
+    acl::require_keys(ctx, prefix, [&target.stored], Access::Write)?;
     let ns = namespace(ctx, prefix)?;
     if let Some(token) = options.lease {
         return set_with_lease(ctx, args, &target, ns, token, now, expire_at, started);
@@ -310,6 +312,11 @@ pub fn fetch(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
         (Some(word), None) => lease::parse_fetch_options(&[word])?,
         (Some(word), Some(value)) => lease::parse_fetch_options(&[word, value])?,
     };
+    // Reading needs read permission; a lease (MISS or REFRESH token) is the
+    // right to write the key back, so it needs write permission too.
+    let caller = acl::Caller::current(ctx)?;
+    caller.require(ctx, prefix, &target.stored, Access::Read)?;
+    let may_lease = caller.allows(&target.stored, Access::Write);
     let Some(ns) = read_namespace(ctx, prefix) else {
         // No namespace, no lease to name it: the write-back could not be
         // stored either. WRONGTYPE first, like GET.
@@ -321,7 +328,7 @@ pub fn fetch(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     let outcome = if let Slot::Live(entry) = &found {
         // A plain hit reads neither the expiry nor the clock.
         let refresh = match window.and_then(|window| Some((window, key.expire_ms()?))) {
-            Some((window, left)) if left < window => {
+            Some((window, left)) if left < window && may_lease => {
                 match acquire_lease(ctx, ns, &target.stored, now_ms(), lease_ms)? {
                     Acquire::Granted(token) => Some(token),
                     Acquire::Held { .. } => None,
@@ -348,6 +355,9 @@ pub fn fetch(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     } else {
         let stale = matches!(found, Slot::Stale);
         drop(key);
+        if !may_lease {
+            return Err(caller.deny(ctx, prefix, &target.stored));
+        }
         // Reclaimed before the lease is taken: the deletion is a write of
         // the key and would void it.
         if stale && may_reclaim(ctx) {
@@ -459,6 +469,7 @@ pub fn get(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 3, Some(3), "nscache.get")?;
     let prefix = prefix_arg(args.at(1))?;
     let target = target(ctx, prefix, args.at(2))?;
+    acl::require_keys(ctx, prefix, [&target.stored], Access::Read)?;
     let Some(ns) = read_namespace(ctx, prefix) else {
         // No room to count it; still a WRONGTYPE check, then a miss.
         OpenKey::read(ctx, &target.stored).content()?;
@@ -485,6 +496,7 @@ pub fn mget(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 3, None, "nscache.mget")?;
     let prefix = prefix_arg(args.at(1))?;
     let targets = targets(ctx, prefix, args.from(2))?;
+    acl::require_keys(ctx, prefix, targets.iter().map(|t| &t.stored), Access::Read)?;
     let Some(ns) = read_namespace(ctx, prefix) else {
         // No room to count them; still WRONGTYPE checks, then misses.
         for t in &targets {
@@ -536,6 +548,12 @@ pub fn del(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 3, None, "nscache.del")?;
     let prefix = prefix_arg(args.at(1))?;
     let targets = targets(ctx, prefix, args.from(2))?;
+    acl::require_keys(
+        ctx,
+        prefix,
+        targets.iter().map(|t| &t.stored),
+        Access::Write,
+    )?;
     // DEL only removes: an unknown namespace has nothing here to remove.
     let ns = read_namespace(ctx, prefix);
 
@@ -595,6 +613,7 @@ pub fn ttl(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 3, Some(3), "nscache.ttl")?;
     let prefix = prefix_arg(args.at(1))?;
     let target = target(ctx, prefix, args.at(2))?;
+    acl::require_keys(ctx, prefix, [&target.stored], Access::Read)?;
     let Some(ns) = registry().get(prefix) else {
         OpenKey::read(ctx, &target.stored).content()?;
         return Ok(RedisValue::Integer(-2));
@@ -614,6 +633,7 @@ pub fn invalidate(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     let started = Stopwatch::start();
     arity(args, 2, Some(2), "nscache.invalidate")?;
     let prefix = prefix_arg(args.at(1))?;
+    acl::require_namespace(ctx, prefix, Access::Write)?;
     // A namespace this node does not have holds nothing here to invalidate; L1
     // caches are still told (they may hold entries from other nodes).
     let Some(ns) = read_namespace(ctx, prefix) else {
@@ -641,8 +661,14 @@ pub fn stats(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     }
     match rest {
         [] => {
-            let reports: Vec<NamespaceStats> =
-                registry().all().iter().map(|ns| ns.report()).collect();
+            // Only the namespaces the user may read (all of them for `~*`).
+            let caller = acl::Caller::current(ctx)?;
+            let reports: Vec<NamespaceStats> = registry()
+                .all()
+                .iter()
+                .filter(|ns| caller.allows_namespace(ctx, ns.name(), Access::Read))
+                .map(|ns| ns.report())
+                .collect();
             if json {
                 return Ok(RedisValue::BulkString(StatsReport::new(reports).to_json()));
             }
@@ -654,6 +680,7 @@ pub fn stats(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
         }
         [prefix] => {
             let prefix = prefix_arg(prefix)?;
+            acl::require_namespace(ctx, prefix, Access::Read)?;
             let report = match registry().get(prefix) {
                 Some(ns) => ns.report(),
                 None => Namespace::new(prefix, 1).report(),
@@ -731,6 +758,7 @@ fn reply_stats(ctx: &Context, r: &NamespaceStats) {
 pub fn topkeys(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 2, Some(3), "nscache.topkeys")?;
     let prefix = prefix_arg(args.at(1))?;
+    acl::require_namespace(ctx, prefix, Access::Read)?;
     let count = match args.get(2) {
         Some(raw) => parse_count(raw)?,
         None => config::topk(),
@@ -748,12 +776,21 @@ pub fn topkeys(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
 }
 
 /// `NSCACHE.RESETSTATS [prefix]`
-pub fn resetstats(_ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
+pub fn resetstats(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 1, Some(2), "nscache.resetstats")?;
     match args.get(1) {
-        None => registry().all().iter().for_each(|ns| ns.reset_stats()),
+        None => {
+            // All or nothing: every namespace is checked before any is reset.
+            let caller = acl::Caller::current(ctx)?;
+            let all = registry().all();
+            for ns in &all {
+                caller.require_namespace(ctx, ns.name(), Access::Write)?;
+            }
+            all.iter().for_each(|ns| ns.reset_stats());
+        }
         Some(prefix) => {
             let prefix = prefix_arg(prefix)?;
+            acl::require_namespace(ctx, prefix, Access::Write)?;
             if let Some(ns) = registry().get(prefix) {
                 ns.reset_stats();
             }
@@ -812,9 +849,10 @@ pub fn restoreentry(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
 /// OK when forgotten and when no such namespace exists (nothing to forget);
 /// an error, and no change, while it holds entries of any kind. Statistics are
 /// per node, so it is not replicated.
-pub fn forget(_ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
+pub fn forget(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     arity(args, 2, Some(2), "nscache.forget")?;
     let prefix = prefix_arg(args.at(1))?;
+    acl::require_namespace(ctx, prefix, Access::Write)?;
     registry().forget(prefix)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }

@@ -68,6 +68,10 @@ pub enum CacheError {
     /// An option given twice.
     #[error("ERR syntax error: {0} given more than once")]
     DuplicateOption(&'static str),
+    /// The user's ACL key patterns do not cover the stored names (or, for a
+    /// namespace-wide command, `prefix:*`) with the permission it needs.
+    #[error("NOPERM this user has no permissions to access one of the keys used as arguments (nscache namespace '{0}')")]
+    NoPermission(String),
     /// Redis refused an operation the module asked for.
     #[error("ERR internal error: {0}")]
     Internal(&'static str),

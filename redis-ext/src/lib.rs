@@ -1,11 +1,12 @@
 //! nscache: a namespaced, self-monitoring cache as a Redis module (SPEC 2).
 //!
-//! Logic is plain Rust with unit tests: `args`, `clock`, `entry`, `guard`,
+//! Logic is plain Rust with unit tests: `acl` (its pure half), `args`, `clock`, `entry`, `guard`,
 //! `histogram`, `keyname`, `lease`, `lifecycle`, `memsize`, `namespace`,
 //! `removal`, `sweep`, `topk`. The FFI layer is thin: `commands`, `datatype`,
 //! `dispatch` (the raw command callback), `openkey`, `sweeper`, and the
 //! command table below.
 
+pub mod acl;
 pub mod args;
 pub mod clock;
 pub mod commands;
@@ -73,6 +74,11 @@ mod module {
             calibrate_allocator();
             sweeper::start(ctx);
             subscribe_to_flushes(ctx);
+            // ACL key patterns apply to stored names (issue 14).
+            if let Err(why) = crate::acl::declare_key_specs(ctx) {
+                crate::log::warning(&format!("nscache: cannot declare key specs: {why}"));
+                return Status::Err;
+            }
             Status::Ok
         })
     }
