@@ -172,3 +172,55 @@ pub fn wait_lazy_free(conn: &mut Connection, timeout: Duration) {
         memory.contains("lazyfree_pending_objects:0")
     });
 }
+
+/// The (first, last, step) key positions `COMMAND INFO command` declares:
+/// what cluster clients route on.
+pub fn key_range(conn: &mut Connection, command: &str) -> (i64, i64, i64) {
+    let info = command_info(conn, command);
+    let int = |v: &Value| match v {
+        Value::Int(n) => *n,
+        other => panic!("{command}: not an integer in COMMAND INFO: {other:?}"),
+    };
+    (int(&info[3]), int(&info[4]), int(&info[5]))
+}
+
+/// The flags of the first key spec of `command` (`COMMAND INFO`, field 9).
+pub fn key_spec_flags(conn: &mut Connection, command: &str) -> Vec<String> {
+    let info = command_info(conn, command);
+    let Some(Value::Array(specs)) = info.get(8) else {
+        panic!("{command}: no key specs in COMMAND INFO: {info:?}")
+    };
+    let Some(Value::Array(spec)) = specs.first() else {
+        panic!("{command}: no key spec: {specs:?}")
+    };
+    let flags = spec
+        .chunks(2)
+        .find(|pair| matches!(&pair[0], Value::BulkString(b) if b.as_slice() == b"flags"))
+        .map(|pair| pair[1].clone());
+    let Some(Value::Array(flags)) = flags else {
+        panic!("{command}: key spec without flags: {spec:?}")
+    };
+    flags
+        .iter()
+        .map(|f| match f {
+            Value::SimpleString(s) => s.clone(),
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("{command}: flag {other:?}"),
+        })
+        .collect()
+}
+
+fn command_info(conn: &mut Connection, command: &str) -> Vec<Value> {
+    let info: Value = redis::cmd("COMMAND")
+        .arg("INFO")
+        .arg(command)
+        .query(conn)
+        .expect("COMMAND INFO");
+    match info {
+        Value::Array(mut commands) if commands.len() == 1 => match commands.remove(0) {
+            Value::Array(fields) => fields,
+            other => panic!("{command}: unknown command? {other:?}"),
+        },
+        other => panic!("{command}: COMMAND INFO replied {other:?}"),
+    }
+}
