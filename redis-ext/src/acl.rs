@@ -113,10 +113,9 @@ pub const KEYED_COMMANDS: [KeyedCommand; 6] = [
 /// Index of the first `key` argument of every keyed command.
 pub const FIRST_KEY: i32 = 2;
 
-/// Whose permissions apply to a command whose client is not a connected one
-/// (a script's client, a module's `RedisModule_Call` client, the AOF loader).
+/// Whose permissions apply to a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unconnected {
+pub enum Identity {
     /// Nobody's: Redis runs it unrestricted (AOF loading, the replication
     /// link, a module call without a user).
     Unrestricted,
@@ -125,13 +124,15 @@ pub enum Unconnected {
     AttachedUser,
 }
 
-/// Decides [`Unconnected`]: commands replayed from the AOF or the primary were
-/// checked where they ran; otherwise whoever the client carries.
-pub fn unconnected(loading: bool, replicated: bool, has_user: bool) -> Unconnected {
-    if loading || replicated || !has_user {
-        Unconnected::Unrestricted
+/// Decides [`Identity`] for a client that is not a connected one (a script's
+/// client, a module's `RedisModule_Call` client, the AOF loader): commands
+/// `replayed` from the AOF or the primary were checked where they ran;
+/// otherwise whoever the client carries.
+pub fn identity(replayed: bool, has_user: bool) -> Identity {
+    if replayed || !has_user {
+        Identity::Unrestricted
     } else {
-        Unconnected::AttachedUser
+        Identity::AttachedUser
     }
 }
 
@@ -164,49 +165,44 @@ impl Drop for Caller {
 impl Caller {
     /// The user of the running command's client.
     ///
-    /// A connected client's user is found by client id, which is null-safe
-    /// (`RedisModule_GetCurrentUserName` dereferences the client's user, which
-    /// Redis's own clients do not have). Other clients are asked with
+    /// `RedisModule_GetCurrentUserName` dereferences the client's user, which
+    /// Redis's own clients do not have, so it is called only when the client
+    /// has one: a connected client other than the primary's replication link
+    /// always does (Redis gives every connection a user, and moves the
+    /// clients of a deleted user to `default`); any other client is asked with
     /// [`has_attached_user`] first.
     pub fn current(ctx: &Context) -> CacheResult<Caller> {
-        let (Some(client_id), Some(name_by_id)) = (
+        let (Some(client_id), Some(client_info)) = (
             // SAFETY: reading initialised API pointers.
             unsafe { raw::RedisModule_GetClientId },
-            unsafe { raw::RedisModule_GetClientUserNameById },
+            unsafe { raw::RedisModule_GetClientInfoById },
         ) else {
             return Err(CacheError::Internal("the ACL module API is missing"));
         };
-        // SAFETY: a command's context has a client.
-        let name = unsafe { name_by_id(ctx.ctx, client_id(ctx.ctx)) };
-        if !name.is_null() {
-            return Self::named(ctx, name);
-        }
-        match std::io::Error::last_os_error().kind() {
-            // ENOTSUP: a connected client without a user, i.e. the primary's
-            // replication link: Redis runs it unrestricted.
-            std::io::ErrorKind::Unsupported => Ok(Caller(Who::Unrestricted)),
-            // ENOENT: not a connected client (script, module call, AOF).
-            _ => {
-                let flags = ctx.get_flags();
-                let decision = unconnected(
-                    flags.contains(ContextFlags::LOADING),
-                    flags.contains(ContextFlags::REPLICATED),
-                    has_attached_user(ctx),
-                );
-                match decision {
-                    Unconnected::Unrestricted => Ok(Caller(Who::Unrestricted)),
-                    Unconnected::AttachedUser => {
-                        // SAFETY: has_attached_user just found the client's user.
-                        let name = unsafe {
-                            raw::RedisModule_GetCurrentUserName
-                                .map_or(ptr::null_mut(), |f| f(ctx.ctx))
-                        };
-                        if name.is_null() {
-                            return Err(CacheError::Internal("the current ACL user is unknown"));
-                        }
-                        Self::named(ctx, name)
-                    }
+        // SAFETY: a command's context; a null info pointer only asks whether
+        // the client is connected (no allocation).
+        let connected = unsafe { client_info(ptr::null_mut(), client_id(ctx.ctx)) }
+            == raw::REDISMODULE_OK as i32;
+        let flags = ctx.get_flags();
+        let replayed =
+            flags.contains(ContextFlags::LOADING) || flags.contains(ContextFlags::REPLICATED);
+        let decision = if connected && !replayed {
+            Identity::AttachedUser
+        } else {
+            // The probe only when needed: a replayed command has no user to find.
+            identity(replayed, replayed || has_attached_user(ctx))
+        };
+        match decision {
+            Identity::Unrestricted => Ok(Caller(Who::Unrestricted)),
+            Identity::AttachedUser => {
+                // SAFETY: the client has a user (see above).
+                let name = unsafe {
+                    raw::RedisModule_GetCurrentUserName.map_or(ptr::null_mut(), |f| f(ctx.ctx))
+                };
+                if name.is_null() {
+                    return Err(CacheError::Internal("the current ACL user is unknown"));
                 }
+                Self::named(ctx, name)
             }
         }
     }
@@ -465,10 +461,9 @@ mod tests {
 
     #[test]
     fn replayed_commands_and_userless_clients_are_unrestricted() {
-        assert_eq!(unconnected(true, false, true), Unconnected::Unrestricted);
-        assert_eq!(unconnected(false, true, true), Unconnected::Unrestricted);
-        assert_eq!(unconnected(false, false, false), Unconnected::Unrestricted);
+        assert_eq!(identity(true, true), Identity::Unrestricted);
+        assert_eq!(identity(false, false), Identity::Unrestricted);
         // A script runs as its caller.
-        assert_eq!(unconnected(false, false, true), Unconnected::AttachedUser);
+        assert_eq!(identity(false, true), Identity::AttachedUser);
     }
 }
