@@ -67,6 +67,11 @@ mod module {
                 ));
                 return Status::Err;
             }
+            // ACL key patterns apply to stored names (issue 14).
+            if let Err(why) = crate::acl::declare_key_specs(ctx) {
+                crate::log::warning(&format!("nscache: cannot declare key specs: {why}"));
+                return Status::Err;
+            }
             crate::clock::init();
             // A truncated RESTORE payload must fail the load, not crash the server.
             ctx.set_module_options(ModuleOptions::HANDLE_IO_ERRORS);
@@ -74,11 +79,6 @@ mod module {
             calibrate_allocator();
             sweeper::start(ctx);
             subscribe_to_flushes(ctx);
-            // ACL key patterns apply to stored names (issue 14).
-            if let Err(why) = crate::acl::declare_key_specs(ctx) {
-                crate::log::warning(&format!("nscache: cannot declare key specs: {why}"));
-                return Status::Err;
-            }
             Status::Ok
         })
     }
@@ -320,7 +320,9 @@ mod module {
     #[rustfmt::skip]
     const COMMANDS: &[Command] = &[
         // `key` (argument 2) is the declared key: its slot equals the stored
-        // name's slot, so cluster clients route on it (SPEC 2.2).
+        // name's slot, so cluster clients route on it (SPEC 2.2). `init`
+        // re-declares it NOT_KEY: routed, but ACL patterns are checked
+        // against the stored names by the module (`acl`).
         command!(c"nscache.set", cmd_set, c"write deny-oom", 2, 2, 1),
         // A read may delete the stale entry it finds and replicate an
         // UNLINK: `may-replicate` says so (Redis then holds it during
