@@ -236,58 +236,67 @@ fn is_token(v: &Value) -> bool {
     matches!(v, Value::BulkString(b) if b.len() == 16 && b.iter().all(u8::is_ascii_hexdigit))
 }
 
+/// A row on the namespace named by the command's first argument.
+fn row(
+    args: &'static [&'static str],
+    need: Need,
+    object: &'static str,
+    changes: bool,
+    ok: fn(&Value, bool) -> bool,
+) -> Case {
+    Case {
+        setup: &[],
+        args,
+        ns: args[1],
+        need,
+        object,
+        changes,
+        ok,
+    }
+}
+
 fn table() -> Vec<Case> {
+    use Need::{Nothing, Read, Write};
     vec![
-        Case {
-            setup: &[],
-            args: &["NSCACHE.GET", "tenantA", "1"],
-            ns: "tenantA",
-            need: Need::Read,
-            object: "tenantA:{1}",
-            changes: true,
-            ok: |v, _| bulk(v, "a"),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.GET", "tenantA", "user:{7}:profile"],
-            ns: "tenantA",
-            need: Need::Read,
-            object: "tenantA:user:{7}:profile",
-            changes: true,
-            ok: |v, _| bulk(v, "p"),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.MGET", "tenantA", "1", "user:{7}:profile"],
-            ns: "tenantA",
-            need: Need::Read,
-            object: "tenantA:{1}",
-            changes: true,
-            ok: |v, _| matches!(v, Value::Array(a) if a.len() == 2 && bulk(&a[0], "a") && bulk(&a[1], "p")),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.TTL", "tenantA", "user:{7}:profile"],
-            ns: "tenantA",
-            need: Need::Read,
-            object: "tenantA:user:{7}:profile",
-            changes: false,
-            ok: |v, _| matches!(v, Value::Int(n) if (1..=600).contains(n)),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.FETCH", "tenantA", "1", "60000"],
-            ns: "tenantA",
-            need: Need::Read,
-            object: "tenantA:{1}",
-            changes: true,
-            ok: |v, _| matches!(v, Value::Array(a) if a.len() == 2 && word(&a[0], "HIT") && bulk(&a[1], "a")),
-        },
-        Case {
-            // Inside the refresh window (600 s left < 700 s): a writer gets
-            // the refresh token, a reader the plain HIT (no lease).
-            setup: &[],
-            args: &[
+        row(
+            &["NSCACHE.GET", "tenantA", "1"],
+            Read,
+            "tenantA:{1}",
+            true,
+            |v, _| bulk(v, "a"),
+        ),
+        row(
+            &["NSCACHE.GET", "tenantA", "user:{7}:profile"],
+            Read,
+            "tenantA:user:{7}:profile",
+            true,
+            |v, _| bulk(v, "p"),
+        ),
+        row(
+            &["NSCACHE.MGET", "tenantA", "1", "user:{7}:profile"],
+            Read,
+            "tenantA:{1}",
+            true,
+            |v, _| matches!(v, Value::Array(a) if a.len() == 2 && bulk(&a[0], "a") && bulk(&a[1], "p")),
+        ),
+        row(
+            &["NSCACHE.TTL", "tenantA", "user:{7}:profile"],
+            Read,
+            "tenantA:user:{7}:profile",
+            false,
+            |v, _| matches!(v, Value::Int(n) if (1..=600).contains(n)),
+        ),
+        row(
+            &["NSCACHE.FETCH", "tenantA", "1", "60000"],
+            Read,
+            "tenantA:{1}",
+            true,
+            |v, _| matches!(v, Value::Array(a) if a.len() == 2 && word(&a[0], "HIT") && bulk(&a[1], "a")),
+        ),
+        // Inside the refresh window (600 s left < 700 s): a writer gets
+        // the refresh token, a reader the plain HIT (no lease).
+        row(
+            &[
                 "NSCACHE.FETCH",
                 "tenantA",
                 "user:{7}:profile",
@@ -295,111 +304,90 @@ fn table() -> Vec<Case> {
                 "REFRESH",
                 "700000",
             ],
-            ns: "tenantA",
-            need: Need::Read,
-            object: "tenantA:user:{7}:profile",
-            changes: true,
-            ok: |v, writer| match v {
+            Read,
+            "tenantA:user:{7}:profile",
+            true,
+            |v, writer| match v {
                 Value::Array(a) if writer => {
                     a.len() == 3 && word(&a[0], "REFRESH") && bulk(&a[1], "p") && is_token(&a[2])
                 }
                 Value::Array(a) => a.len() == 2 && word(&a[0], "HIT") && bulk(&a[1], "p"),
                 _ => false,
             },
-        },
+        ),
+        row(
+            &["NSCACHE.STATS", "tenantA"],
+            Read,
+            "tenantA:*",
+            false,
+            |v, _| matches!(v, Value::Array(a) if a.len() == 32),
+        ),
+        row(
+            &["NSCACHE.STATS", "tenantA", "JSON"],
+            Read,
+            "tenantA:*",
+            false,
+            |v, _| matches!(v, Value::BulkString(b) if b.starts_with(b"{")),
+        ),
+        row(
+            &["NSCACHE.TOPKEYS", "tenantA"],
+            Read,
+            "tenantA:*",
+            false,
+            |v, _| matches!(v, Value::Array(a) if !a.is_empty()),
+        ),
+        row(
+            &["NSCACHE.KEYNAME", "tenantA", "1"],
+            Nothing,
+            "",
+            false,
+            |v, _| bulk(v, "tenantA:{1}"),
+        ),
+        // A miss hands out the write-back lease: write permission.
+        row(
+            &["NSCACHE.FETCH", "tenantA", "cold", "60000"],
+            Write,
+            "tenantA:{cold}",
+            true,
+            |v, _| matches!(v, Value::Array(a) if a.len() == 2 && word(&a[0], "MISS") && is_token(&a[1])),
+        ),
+        row(
+            &["NSCACHE.SET", "tenantA", "2", "600", "v"],
+            Write,
+            "tenantA:{2}",
+            true,
+            |v, _| word(v, "OK"),
+        ),
+        row(
+            &["NSCACHE.SET", "tenantA", "user:{8}:x", "600", "v", "NX"],
+            Write,
+            "tenantA:user:{8}:x",
+            true,
+            |v, _| word(v, "OK"),
+        ),
+        row(
+            &["NSCACHE.DEL", "tenantA", "1", "user:{7}:profile"],
+            Write,
+            "tenantA:{1}",
+            true,
+            |v, _| matches!(v, Value::Int(2)),
+        ),
+        row(
+            &["NSCACHE.RESETSTATS", "tenantA"],
+            Write,
+            "tenantA:*",
+            true,
+            |v, _| word(v, "OK"),
+        ),
+        row(
+            &["NSCACHE.INVALIDATE", "tenantA"],
+            Write,
+            "tenantA:*",
+            true,
+            |v, _| matches!(v, Value::Int(n) if *n >= 0),
+        ),
+        // FORGET needs an empty namespace: the default user empties it first.
         Case {
-            setup: &[],
-            args: &["NSCACHE.STATS", "tenantA"],
-            ns: "tenantA",
-            need: Need::Read,
-            object: "tenantA:*",
-            changes: false,
-            ok: |v, _| matches!(v, Value::Array(a) if a.len() == 32),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.STATS", "tenantA", "JSON"],
-            ns: "tenantA",
-            need: Need::Read,
-            object: "tenantA:*",
-            changes: false,
-            ok: |v, _| matches!(v, Value::BulkString(b) if b.starts_with(b"{")),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.TOPKEYS", "tenantA"],
-            ns: "tenantA",
-            need: Need::Read,
-            object: "tenantA:*",
-            changes: false,
-            ok: |v, _| matches!(v, Value::Array(a) if !a.is_empty()),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.KEYNAME", "tenantA", "1"],
-            ns: "tenantA",
-            need: Need::Nothing,
-            object: "",
-            changes: false,
-            ok: |v, _| bulk(v, "tenantA:{1}"),
-        },
-        Case {
-            // A miss hands out the write-back lease: write permission.
-            setup: &[],
-            args: &["NSCACHE.FETCH", "tenantA", "cold", "60000"],
-            ns: "tenantA",
-            need: Need::Write,
-            object: "tenantA:{cold}",
-            changes: true,
-            ok: |v, _| matches!(v, Value::Array(a) if a.len() == 2 && word(&a[0], "MISS") && is_token(&a[1])),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.SET", "tenantA", "2", "600", "v"],
-            ns: "tenantA",
-            need: Need::Write,
-            object: "tenantA:{2}",
-            changes: true,
-            ok: |v, _| word(v, "OK"),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.SET", "tenantA", "user:{8}:x", "600", "v", "NX"],
-            ns: "tenantA",
-            need: Need::Write,
-            object: "tenantA:user:{8}:x",
-            changes: true,
-            ok: |v, _| word(v, "OK"),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.DEL", "tenantA", "1", "user:{7}:profile"],
-            ns: "tenantA",
-            need: Need::Write,
-            object: "tenantA:{1}",
-            changes: true,
-            ok: |v, _| matches!(v, Value::Int(2)),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.RESETSTATS", "tenantA"],
-            ns: "tenantA",
-            need: Need::Write,
-            object: "tenantA:*",
-            changes: true,
-            ok: |v, _| word(v, "OK"),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.INVALIDATE", "tenantA"],
-            ns: "tenantA",
-            need: Need::Write,
-            object: "tenantA:*",
-            changes: true,
-            ok: |v, _| matches!(v, Value::Int(n) if *n >= 0),
-        },
-        Case {
-            // FORGET needs an empty namespace: the default user empties it first.
             setup: &[&[
                 "NSCACHE.DEL",
                 "tenantA",
@@ -408,49 +396,42 @@ fn table() -> Vec<Case> {
                 "user:{7}:profile",
                 "user:{8}:x",
             ]],
-            args: &["NSCACHE.FORGET", "tenantA"],
-            ns: "tenantA",
-            need: Need::Write,
-            object: "tenantA:*",
-            changes: true,
-            ok: |v, _| word(v, "OK"),
+            ..row(
+                &["NSCACHE.FORGET", "tenantA"],
+                Write,
+                "tenantA:*",
+                true,
+                |v, _| word(v, "OK"),
+            )
         },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.GET", "tenantB", "1"],
-            ns: "tenantB",
-            need: Need::Read,
-            object: "tenantB:{1}",
-            changes: true,
-            ok: |v, _| bulk(v, "b"),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.TOPKEYS", "tenantB", "5"],
-            ns: "tenantB",
-            need: Need::Read,
-            object: "tenantB:*",
-            changes: false,
-            ok: |v, _| matches!(v, Value::Array(a) if a.len() == 2),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.SET", "tenantB", "1", "600", "b2", "XX"],
-            ns: "tenantB",
-            need: Need::Write,
-            object: "tenantB:{1}",
-            changes: true,
-            ok: |v, _| word(v, "OK"),
-        },
-        Case {
-            setup: &[],
-            args: &["NSCACHE.INVALIDATE", "tenantB"],
-            ns: "tenantB",
-            need: Need::Write,
-            object: "tenantB:*",
-            changes: true,
-            ok: |v, _| matches!(v, Value::Int(1)),
-        },
+        row(
+            &["NSCACHE.GET", "tenantB", "1"],
+            Read,
+            "tenantB:{1}",
+            true,
+            |v, _| bulk(v, "b"),
+        ),
+        row(
+            &["NSCACHE.TOPKEYS", "tenantB", "5"],
+            Read,
+            "tenantB:*",
+            false,
+            |v, _| matches!(v, Value::Array(a) if a.len() == 2),
+        ),
+        row(
+            &["NSCACHE.SET", "tenantB", "1", "600", "b2", "XX"],
+            Write,
+            "tenantB:{1}",
+            true,
+            |v, _| word(v, "OK"),
+        ),
+        row(
+            &["NSCACHE.INVALIDATE", "tenantB"],
+            Write,
+            "tenantB:*",
+            true,
+            |v, _| matches!(v, Value::Int(1)),
+        ),
     ]
 }
 
