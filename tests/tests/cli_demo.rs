@@ -43,6 +43,13 @@ fn demo_runs_both_scenarios_and_leases_leave_nothing_stale() {
     assert!(loader[0] < reads[0], "{stdout}");
     assert_eq!(stale_reads[0], 0, "{stdout}");
     assert_eq!(stale_entries[0], 0, "{stdout}");
+    // The relay confirmed every committed invalidation of both runs, so the stale
+    // counts judged every read against every commit.
+    assert_eq!(
+        row(&stdout, "│ invalidations not confirmed"),
+        vec![0, 0],
+        "{stdout}"
+    );
     // The stats tables of both servers follow.
     assert!(
         stdout.contains("demo.leases") && stdout.contains("demo.aside"),

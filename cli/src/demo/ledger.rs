@@ -13,6 +13,9 @@ pub struct Ledger {
     pending: HashMap<i64, (i32, i32)>,
     /// Candidate → (confirmed at, version), in confirmation order.
     applied: HashMap<i32, Vec<(Instant, i32)>>,
+    /// Events the relay acked before their transaction's client recorded the commit
+    /// (the relay can be faster than COMMIT's reply): event id → acked at.
+    early: HashMap<i64, Instant>,
     /// Reads checked.
     pub reads: u64,
     /// Reads that began after the invalidation of a newer version was applied in
@@ -23,17 +26,31 @@ pub struct Ledger {
 impl Ledger {
     /// A transaction committed `version` of `candidate` with invalidation event `event`.
     pub fn committed(&mut self, event: i64, candidate: i32, version: i32) {
-        self.pending.insert(event, (candidate, version));
+        match self.early.remove(&event) {
+            Some(at) => self
+                .applied
+                .entry(candidate)
+                .or_default()
+                .push((at, version)),
+            None => {
+                self.pending.insert(event, (candidate, version));
+            }
+        }
     }
 
     /// The relay acked these events at `at` (after Redis applied them).
     pub fn acked(&mut self, events: &[i64], at: Instant) {
         for id in events {
-            if let Some((candidate, version)) = self.pending.remove(id) {
-                self.applied
-                    .entry(candidate)
-                    .or_default()
-                    .push((at, version));
+            match self.pending.remove(id) {
+                Some((candidate, version)) => {
+                    self.applied
+                        .entry(candidate)
+                        .or_default()
+                        .push((at, version));
+                }
+                None => {
+                    self.early.insert(*id, at);
+                }
             }
         }
     }
@@ -90,10 +107,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_acks_are_ignored() {
+    fn an_ack_before_the_commit_is_recorded_counts_from_the_ack() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
         let mut ledger = Ledger::default();
-        ledger.acked(&[99], Instant::now());
+        // The relay acked event 7 before the updater heard COMMIT's reply.
+        ledger.acked(&[7], ms(3));
+        assert!(!ledger.read(1, ms(4), 1), "nothing known yet");
+        ledger.committed(7, 1, 2);
         assert_eq!(ledger.unconfirmed(), 0);
-        assert!(!ledger.read(1, Instant::now(), 1));
+        assert!(ledger.read(1, ms(5), 1));
+        assert!(!ledger.read(1, ms(2), 1));
     }
 }
