@@ -35,6 +35,23 @@ fn commit(db: &TestDb, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// `n` entries `cand:key0..` in Redis and one committed invalidation for each, for a
+/// group `relay` created first (so that it receives all of them).
+fn backlog(db: &TestDb, conn: &mut redis::Connection, n: usize) {
+    fill(conn, "cand", n, 3600, "v");
+    commit(
+        db,
+        "SELECT txevents.create_consumer('relay', ARRAY['cache.invalidate'])",
+    );
+    commit(
+        db,
+        &format!(
+            "SELECT txevents.invalidate('cand', 'key' || i) FROM generate_series(0, {}) i",
+            n - 1
+        ),
+    );
+}
+
 fn present(conn: &mut redis::Connection, prefix: &str, key: &str) -> bool {
     get(conn, prefix, key).is_some()
 }
@@ -143,19 +160,7 @@ fn relay_killed_mid_batch_then_restarted_applies_everything() {
     let server = RedisServer::start();
     let db = pg().create_db("cli_relay_kill");
     let mut conn = server.conn();
-    fill(&mut conn, "cand", N, 3600, "v");
-    // The group exists before the events, so it receives all of them.
-    commit(
-        &db,
-        "SELECT txevents.create_consumer('relay', ARRAY['cache.invalidate'])",
-    );
-    commit(
-        &db,
-        &format!(
-            "SELECT txevents.invalidate('cand', 'key' || i) FROM generate_series(0, {}) i",
-            N - 1
-        ),
-    );
+    backlog(&db, &mut conn, N);
     let env = server_env(server.port(), &db);
     let args = ["--batch", "100", "--lease-secs", "2"];
     let mut relay = start_relay(&db, &env, &args);
@@ -404,18 +409,7 @@ fn sigterm_finishes_the_batch_in_hand_and_exits_zero() {
     let server = RedisServer::start();
     let db = pg().create_db("cli_relay_sigterm");
     let mut conn = server.conn();
-    fill(&mut conn, "cand", N, 3600, "v");
-    commit(
-        &db,
-        "SELECT txevents.create_consumer('relay', ARRAY['cache.invalidate'])",
-    );
-    commit(
-        &db,
-        &format!(
-            "SELECT txevents.invalidate('cand', 'key' || i) FROM generate_series(0, {}) i",
-            N - 1
-        ),
-    );
+    backlog(&db, &mut conn, N);
     let mut relay = start_relay(&db, &server_env(server.port(), &db), &["--batch", "100"]);
     wait_until(CATCH_UP, "the relay made progress", || {
         stats(&mut conn, "cand").entries < N as u64
