@@ -298,9 +298,15 @@ pub extern "C-unwind" fn txevents_coalesced_main(arg: pg_sys::Datum) {
             oids.push(oid)
         }
     });
-    // Returning exits with code 0: the postmaster forgets the worker (DROP DATABASE).
+    // Returning exits with code 0: the postmaster forgets the worker (DROP DATABASE,
+    // DROP EXTENSION).
     while !entry.dropping() {
-        drain();
+        if !drain() {
+            // The extension was dropped from the database: nothing left to send, and
+            // nothing to start after a restart.
+            update_oids_file(&registry, |oids| oids.retain(|&o| o != oid));
+            return;
+        }
         if !BackgroundWorker::wait_latch(None) {
             break;
         }
@@ -317,20 +323,35 @@ unsafe extern "C-unwind" fn release_entry(_code: i32, arg: pg_sys::Datum) {
 }
 
 /// Sends the notifications of every committed marked transaction, a batch per
-/// transaction, until none is left.
-fn drain() {
+/// transaction, until none is left; `false` when the extension is no longer installed
+/// in the database.
+fn drain() -> bool {
     loop {
         let taken = BackgroundWorker::transaction(|| send_batch().unwrap_or_else(|e| e.raise()));
-        if taken < BATCH as usize {
-            return;
+        match taken {
+            None => return false,
+            Some(n) if n < BATCH as usize => return true,
+            Some(_) => {}
         }
     }
 }
 
 /// One transaction's worth: deletes up to [`BATCH`] marker rows and queues their
-/// events' notifications, sent when this transaction commits.
-fn send_batch() -> TxResult<usize> {
+/// events' notifications, sent when this transaction commits. `None` when there is no
+/// `txevents.coalesced` (DROP EXTENSION).
+fn send_batch() -> TxResult<Option<usize>> {
     Spi::connect_mut(|client| {
+        let installed: Option<bool> = crate::plans::execute(
+            client,
+            "SELECT pg_catalog.to_regclass('txevents.coalesced') IS NOT NULL",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get(1)?;
+        if installed != Some(true) {
+            return Ok(None);
+        }
         let rows = crate::plans::execute(
             client,
             "DELETE FROM txevents.coalesced
@@ -365,6 +386,6 @@ fn send_batch() -> TxResult<usize> {
             }
             crate::metrics::count(EventCounter::Published, notifications.len() as u64);
         }
-        Ok(taken)
+        Ok(Some(taken))
     })
 }

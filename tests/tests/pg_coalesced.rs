@@ -499,3 +499,73 @@ fn coalesced_without_preload_names_the_setting() {
         .get(0);
     assert!(id > 0);
 }
+
+/// How many coalesced workers serve database `db`.
+fn workers(admin: &mut Client, db: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'txevents coalesced' AND datname = $1",
+            &[&db],
+        )
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+#[test]
+fn a_worker_whose_extension_was_dropped_exits_for_good() {
+    let db = pg().create_db("coalesced_drop_ext");
+    let mut c = coalesced(&db);
+    c.query_one("SELECT txevents.emit('x')", &[]).expect("emit");
+    let mut admin = db.connect();
+    worker_pid(&mut admin, &db.name);
+    c.batch_execute("DROP EXTENSION txevents")
+        .expect("drop extension");
+    // COMMIT PREPARED wakes the worker, which finds the extension gone.
+    let gid = format!("{}_g", db.name);
+    c.batch_execute(&format!(
+        "BEGIN; CREATE TABLE t (); PREPARE TRANSACTION '{gid}'"
+    ))
+    .expect("prepare");
+    c.batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        .expect("commit prepared");
+    let deadline = Instant::now() + EVENTUALLY;
+    while workers(&mut admin, &db.name) > 0 {
+        assert!(Instant::now() < deadline, "the worker did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It exited for good (code 0, not failing on the missing table and restarted by
+    // the postmaster every second): past the restart interval there is still none, and
+    // the database is off the list the starter reads after a server restart.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(workers(&mut admin, &db.name), 0);
+    let listed: Option<String> = admin
+        .query_one(
+            "SELECT pg_read_file('txevents_coalesced.oids', 0, 100000, true)",
+            &[],
+        )
+        .expect("read the database list")
+        .get(0);
+    let listed = listed.unwrap_or_default();
+    let oid: u32 = admin
+        .query_one(
+            "SELECT oid FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .expect("oid")
+        .get(0);
+    assert!(
+        !listed.lines().any(|l| l == oid.to_string()),
+        "{oid} still listed: {listed:?}"
+    );
+    // Installed again, the mode works again (positive control).
+    c.batch_execute("CREATE EXTENSION txevents")
+        .expect("create extension");
+    let mut listener = RawListener::new(db.connect());
+    let id: i64 = c
+        .query_one("SELECT txevents.emit('again')", &[])
+        .expect("emit")
+        .get(0);
+    let got = listener.until(|r| !r.is_empty());
+    assert_eq!(got.iter().map(|r| id_of(r)).collect::<Vec<_>>(), vec![id]);
+}
