@@ -21,8 +21,9 @@ COMMENT ON TABLE txevents.outbox IS 'Events emitted by txevents.emit, one row pe
 CREATE INDEX outbox_txid_id ON txevents.outbox (txid, id);
 
 -- Consumer groups. Every event whose transaction is visible in done_snapshot has been
--- claimed by the group; range_snapshot is the newer snapshot being worked through, up
--- to (range_txid, range_id). See src/consumer.rs.
+-- written to the group's claim rows; range_snapshot is the newer snapshot being worked
+-- through, up to (range_txid, range_id). ordered: one lane per aggregate id, handing
+-- out its events one at a time. See src/delivery.rs.
 CREATE TABLE txevents.consumers (
     name           text        PRIMARY KEY CHECK (name <> ''),
     event_types    text[],
@@ -33,18 +34,30 @@ CREATE TABLE txevents.consumers (
     range_snapshot pg_snapshot,
     range_txid     xid8,
     range_id       bigint,
-    created_at     timestamptz NOT NULL DEFAULT now()
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    ordered        boolean     NOT NULL DEFAULT false
 );
 
--- One row per polled batch: the events a worker holds until lease_until.
+-- Events of a group by the batch (src/delivery.rs). attempts = deliveries so far, per
+-- event. The first `inflight` events are held by a worker until lease_until; a row
+-- without a lease is pending, written by a tick for polls to take. lane: the
+-- aggregate id of an ordered group's lane (its head only is ever in flight).
 CREATE TABLE txevents.claims (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     consumer    text        NOT NULL REFERENCES txevents.consumers (name) ON DELETE CASCADE,
     event_ids   bigint[]    NOT NULL,
     attempts    int[]       NOT NULL,
-    lease_until timestamptz NOT NULL
+    lease_until timestamptz,
+    inflight    int         NOT NULL,
+    lane        text,
+    last_error  text
 );
+-- Expired leases (poll) and leased rows (ack, nack).
 CREATE INDEX claims_consumer_lease ON txevents.claims (consumer, lease_until);
+-- Pending rows, oldest first (poll).
+CREATE INDEX claims_pending ON txevents.claims (consumer, id) WHERE lease_until IS NULL;
+-- One lane per aggregate and group: a tick appends to it.
+CREATE UNIQUE INDEX claims_lane ON txevents.claims (consumer, lane) WHERE lane IS NOT NULL;
 
 -- Events a worker nacked, waiting for their next attempt. attempts = deliveries so far.
 CREATE TABLE txevents.retries (

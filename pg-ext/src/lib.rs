@@ -1,9 +1,10 @@
 //! txevents: transactional domain events for Postgres (SPEC 3).
 //!
 //! Plain Rust (unit-tested without a server): `validate`, `backoff`, `snapshot`,
-//! `poll_range` (where a poll reads next), `histogram`, `sqlstate`, `metrics_store`
-//! (the metrics' shared-memory layout), `tally` (a transaction's event counts),
-//! `coalesced_state` (the coalesced workers' shared state), `oid_slots`.
+//! `poll_range` (where a poll reads next), `delivery` (the delivery state machine),
+//! `histogram`, `sqlstate`, `metrics_store` (the metrics' shared-memory layout), `tally`
+//! (a transaction's event counts), `coalesced_state` (the coalesced workers' shared
+//! state), `oid_slots`.
 //! The pgrx layer: `emit` (emit, invalidate, get), `outbox` (emit's direct insert with
 //! the executor's index maintenance), `consumer` (groups, poll, ack, nack, dead
 //! letters, prune), `capture`, `notify` (post-commit and 2PC NOTIFY), `metrics` (shared
@@ -15,9 +16,11 @@ use pgrx::prelude::*;
 
 mod backoff;
 mod capture;
+mod claim_store;
 mod coalesced;
 mod coalesced_state;
 mod consumer;
+mod delivery;
 mod emit;
 mod error;
 mod guc;
@@ -29,6 +32,7 @@ mod notify;
 mod oid_slots;
 mod outbox;
 mod plans;
+mod poll;
 mod poll_range;
 mod shmem;
 mod snapshot;

@@ -1,4 +1,4 @@
-//! Where a consumer group's poll reads next: the pure decisions of `consumer::poll`,
+//! Where a consumer group's poll reads next: the pure decisions of `poll::poll`,
 //! kept free of SPI so that they are unit-tested.
 //!
 //! A group has claimed every event whose transaction is visible in its `done`
@@ -34,6 +34,15 @@ pub enum Read {
         /// Read strictly after this point.
         from: Position,
     },
+}
+
+impl Read {
+    /// The point this read continues strictly after.
+    pub fn from(&self) -> Position {
+        match self {
+            Read::Running { from, .. } | Read::Tail { from } => *from,
+        }
+    }
 }
 
 /// Where a fresh range starts: every transaction below `done.xmin` is visible in

@@ -115,14 +115,14 @@ pub fn backoff(base: i64, max: i64) -> TxResult<()> {
     Ok(())
 }
 
-/// Checks `poll`'s `max`: 1 to [`crate::consumer::MAX_BATCH`].
+/// Checks `poll`'s `max`: 1 to [`crate::poll::MAX_BATCH`].
 pub fn batch_size(raw: Option<i32>) -> TxResult<i32> {
     match raw {
         None => Err(TxEventsError::NullArgument("max")),
-        Some(n) if !(1..=crate::consumer::MAX_BATCH).contains(&n) => {
+        Some(n) if !(1..=crate::poll::MAX_BATCH).contains(&n) => {
             Err(TxEventsError::InvalidArgument(format!(
                 "max must be between 1 and {}, not {n}",
-                crate::consumer::MAX_BATCH
+                crate::poll::MAX_BATCH
             )))
         }
         Some(n) => Ok(n),
@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(batch_size(Some(100)), Ok(100));
         assert!(invalid(batch_size(Some(0))).contains("between 1 and"));
         assert!(invalid(batch_size(Some(-3))).contains("between 1 and"));
-        assert!(invalid(batch_size(Some(crate::consumer::MAX_BATCH + 1))).contains("between"));
+        assert!(invalid(batch_size(Some(crate::poll::MAX_BATCH + 1))).contains("between"));
         assert_eq!(batch_size(None), Err(TxEventsError::NullArgument("max")));
         assert!(lease(1).is_ok());
         assert!(invalid(lease(0)).contains("positive"));

@@ -284,16 +284,26 @@ impl PgCluster {
     /// Stops the server (`pg_ctl stop -m fast`, a clean shutdown) and starts it again
     /// with the same settings; connections are closed, data is kept.
     pub fn restart(&self) -> Result<(), String> {
+        self.stop_and_start("fast")
+    }
+
+    /// Stops the server with `pg_ctl stop -m immediate` (a crash: every backend killed,
+    /// no checkpoint, crash recovery at the start) and starts it again.
+    pub fn restart_immediate(&self) -> Result<(), String> {
+        self.stop_and_start("immediate")
+    }
+
+    fn stop_and_start(&self, mode: &str) -> Result<(), String> {
         let out = self
             .tool("pg_ctl")
             .arg("-D")
             .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", "60", "stop"])
+            .args(["-m", mode, "-w", "-t", "60", "stop"])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("run pg_ctl stop: {e}"))?;
         if !out.status.success() {
-            return Err(describe("pg_ctl stop", &out));
+            return Err(describe(&format!("pg_ctl stop -m {mode}"), &out));
         }
         self.pg_ctl_start()
     }
