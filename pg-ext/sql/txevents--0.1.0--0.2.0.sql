@@ -18,7 +18,9 @@ ALTER TABLE txevents.claims ALTER COLUMN inflight SET NOT NULL;
 CREATE INDEX claims_pending ON txevents.claims (consumer, id) WHERE lease_until IS NULL;
 CREATE UNIQUE INDEX claims_lane ON txevents.claims (consumer, lane) WHERE lane IS NOT NULL;
 
--- create_consumer gains `ordered` (last, so that 0.1.0 calls keep working).
+-- create_consumer gains `ordered` (last, so that 0.1.0 calls keep working). The
+-- library keeps 0.1.0's five-argument entry point for the 0.1.0 definition, which
+-- runs until this script does.
 DROP FUNCTION txevents.create_consumer(text, text[], int, interval, interval);
 CREATE FUNCTION txevents."create_consumer"(
 	"name" TEXT,
@@ -31,6 +33,6 @@ CREATE FUNCTION txevents."create_consumer"(
 SECURITY DEFINER
 SET search_path TO @extschema@, pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'txevents_create_consumer_wrapper';
+AS 'MODULE_PATHNAME', 'txevents_create_consumer_ordered_wrapper';
 REVOKE EXECUTE ON FUNCTION txevents.create_consumer FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION txevents.create_consumer TO txevents_admin;

@@ -30,10 +30,11 @@ pub(crate) fn interval_micros(field: &'static str, value: Option<Interval>) -> T
 }
 
 /// Creates consumer group `name`. It receives the events of transactions that commit
-/// after this one's snapshot (including this transaction's own events).
+/// after this one's snapshot (including this transaction's own events). `ordered`:
+/// the events of one aggregate id are handed out one at a time, in emission order.
 #[pg_extern(name = "create_consumer", security_definer)]
 #[search_path(@extschema@, pg_catalog, pg_temp)]
-fn txevents_create_consumer(
+fn txevents_create_consumer_ordered(
     name: Option<&str>,
     event_types: default!(Option<Vec<Option<String>>>, "NULL"),
     max_attempts: default!(Option<i32>, 10),
@@ -52,6 +53,28 @@ fn txevents_create_consumer(
     .unwrap_or_else(|e| e.raise())
 }
 
+/// 0.1.0's `create_consumer` (five arguments, C symbol
+/// `txevents_create_consumer_wrapper`): between installing this library and `ALTER
+/// EXTENSION txevents UPDATE`, the 0.1.0 SQL function calls it. Not in the 0.2.0 SQL.
+#[pg_extern(sql = false)]
+fn txevents_create_consumer(
+    name: Option<&str>,
+    event_types: Option<Vec<Option<String>>>,
+    max_attempts: Option<i32>,
+    backoff_base: Option<Interval>,
+    backoff_max: Option<Interval>,
+) {
+    crate::require_writable(c"txevents.create_consumer()");
+    create_consumer(
+        name,
+        event_types,
+        max_attempts,
+        (backoff_base, backoff_max),
+        Some(false),
+    )
+    .unwrap_or_else(|e| e.raise())
+}
+
 fn create_consumer(
     name: Option<&str>,
     event_types: Option<Vec<Option<String>>>,
@@ -60,6 +83,12 @@ fn create_consumer(
     ordered: Option<bool>,
 ) -> TxResult<()> {
     let ordered = ordered.ok_or(TxEventsError::NullArgument("ordered"))?;
+    let legacy = crate::legacy::is_legacy()?;
+    if legacy && ordered {
+        return Err(TxEventsError::InvalidArgument(
+            "ordered groups need the 0.2.0 tables: run ALTER EXTENSION txevents UPDATE".into(),
+        ));
+    }
     let name = validate::consumer_name(name)?;
     let event_types = validate::event_types(event_types)?;
     let max_attempts = validate::max_attempts(max_attempts)?;
@@ -89,6 +118,28 @@ fn create_consumer(
             })?),
             None => snapshot,
         };
+        if legacy {
+            let inserted = plans::execute(
+                client,
+                "INSERT INTO txevents.consumers
+                     (name, event_types, max_attempts, backoff_base, backoff_max, done_snapshot)
+                 VALUES ($1, $2, $3, $4, $5, $6::pg_snapshot)
+                 ON CONFLICT (name) DO NOTHING RETURNING 1",
+                None,
+                &[
+                    name.into(),
+                    event_types.clone().into(),
+                    max_attempts.into(),
+                    base_iv.into(),
+                    max_iv.into(),
+                    snapshot.to_string().into(),
+                ],
+            )?;
+            if inserted.is_empty() {
+                return Err(TxEventsError::DuplicateConsumer(name.to_string()));
+            }
+            return Ok(());
+        }
         let inserted = plans::execute(
             client,
             "INSERT INTO txevents.consumers
@@ -137,7 +188,7 @@ fn txevents_drop_consumer(name: Option<&str>) {
     run().unwrap_or_else(|e| e.raise())
 }
 
-fn require_group(client: &mut SpiClient<'_>, consumer: &str) -> TxResult<()> {
+pub(crate) fn require_group(client: &mut SpiClient<'_>, consumer: &str) -> TxResult<()> {
     let found = plans::execute(
         client,
         "SELECT 1 FROM txevents.consumers WHERE name = $1",
@@ -159,6 +210,9 @@ fn txevents_ack(consumer: Option<&str>, ids: Option<Vec<Option<i64>>>) -> i64 {
 }
 
 fn ack(consumer: Option<&str>, ids: Option<Vec<Option<i64>>>) -> TxResult<i64> {
+    if crate::legacy::is_legacy()? {
+        return crate::legacy::ack(consumer, ids);
+    }
     let consumer = consumer.ok_or(TxEventsError::NullArgument("consumer"))?;
     let ids: Vec<i64> = ids
         .ok_or(TxEventsError::NullArgument("ids"))?
@@ -211,6 +265,9 @@ fn nack(
     error: Option<&str>,
     retry_after: Option<Interval>,
 ) -> TxResult<bool> {
+    if crate::legacy::is_legacy()? {
+        return crate::legacy::nack(consumer, id, error, retry_after);
+    }
     let consumer = consumer.ok_or(TxEventsError::NullArgument("consumer"))?;
     let id = id.ok_or(TxEventsError::NullArgument("id"))?;
     let explicit = match retry_after {

@@ -26,6 +26,7 @@ mod error;
 mod guc;
 mod histogram;
 mod jsonb;
+mod legacy;
 mod metrics;
 mod metrics_store;
 mod notify;

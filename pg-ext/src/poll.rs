@@ -39,7 +39,7 @@ pub const LEASE_EXPIRED: &str = "lease expired before ack or nack";
 
 /// One row of `poll`: id, event_type, aggregate_type, aggregate_id, payload, headers,
 /// occurred_at, attempt.
-type PollRow = (
+pub(crate) type PollRow = (
     i64,
     String,
     Option<String>,
@@ -230,6 +230,9 @@ fn poll(
     validate::lease(lease_micros)?;
     let lease = lease.ok_or(TxEventsError::NullArgument("lease"))?;
     let want = max as usize;
+    if crate::legacy::is_legacy()? {
+        return crate::legacy::poll(Some(consumer), Some(max), Some(lease));
+    }
 
     Spi::connect_mut(|client| {
         let group = read_group(client, consumer)?;
@@ -501,7 +504,7 @@ fn write_pending(
 }
 
 /// The outbox rows of the handed-out events, in delivery order.
-fn fetch_events(
+pub(crate) fn fetch_events(
     client: &mut SpiClient<'_>,
     ids: Vec<i64>,
     attempts: Vec<i32>,
