@@ -47,7 +47,9 @@ pub fn rows(table: SpiTupleTable<'_>) -> TxResult<Vec<Row>> {
             )));
         }
         if attempts.len() > ids.len() {
-            return Err(corrupt(format!("claim {id} has more attempts than event ids")));
+            return Err(corrupt(format!(
+                "claim {id} has more attempts than event ids"
+            )));
         }
         let inflight = usize::try_from(inflight)
             .ok()
@@ -168,12 +170,7 @@ pub fn dead_letter(
             SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,
                 failed_at = EXCLUDED.failed_at",
         None,
-        &[
-            consumer.into(),
-            ids.into(),
-            attempts.into(),
-            error.into(),
-        ],
+        &[consumer.into(), ids.into(), attempts.into(), error.into()],
     )?;
     Ok(())
 }

@@ -299,9 +299,7 @@ pub fn plan_poll(sources: &[Source], room: usize, max_attempts: i32) -> Plan {
                     plan.writes.push(Write::Keep {
                         row: row.id,
                         ids: row.ids[taken..].to_vec(),
-                        attempts: (taken..row.ids.len())
-                            .map(|i| attempt_of(row, i))
-                            .collect(),
+                        attempts: (taken..row.ids.len()).map(|i| attempt_of(row, i)).collect(),
                         inflight: row.inflight.saturating_sub(taken),
                     });
                 }

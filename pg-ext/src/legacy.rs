@@ -38,15 +38,15 @@ pub fn is_legacy() -> TxResult<bool> {
     }
     let legacy: Option<bool> = Spi::connect_mut(|client| -> TxResult<Option<bool>> {
         Ok(plans::execute(
-        client,
-        "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+            client,
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                              WHERE attrelid = 'txevents.claims'::pg_catalog.regclass
                                AND attname = 'inflight' AND NOT attisdropped)",
-        Some(1),
-        &[],
-    )?
-    .first()
-    .get(1)?)
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get(1)?)
     })?;
     let legacy = required(legacy, "the claims table's columns")?;
     if !legacy {
@@ -526,4 +526,3 @@ pub fn nack(
         Ok(true)
     })
 }
-

@@ -316,7 +316,8 @@ fn lock_cursor(client: &mut SpiClient<'_>, name: &str) -> TxResult<Option<Cursor
     let range: Option<String> = row.get(2)?;
     let range_txid: Option<String> = row.get(3)?;
     let range_id: Option<i64> = row.get(4)?;
-    let unreadable = |text: &str| corrupt(format!("{} {text:?} is unreadable", in_group("snapshot")));
+    let unreadable =
+        |text: &str| corrupt(format!("{} {text:?} is unreadable", in_group("snapshot")));
     let done = Snapshot::parse(&done).ok_or_else(|| unreadable(&done))?;
     let pos = poll_range::stored_position(range.is_some(), range_txid.as_deref(), range_id)
         .map_err(|why| corrupt(format!("consumer group \"{name}\": {why}")))?;
@@ -487,6 +488,19 @@ fn write_pending(
         ids.extend(&row.ids);
         row_of.extend(row.ids.iter().map(|_| n));
         lanes.push(row.lane);
+    }
+    if ordered {
+        // Lock the lanes this tick appends to in id order, as `ack` locks the rows it
+        // touches: upserting them in another order could deadlock with an ack of
+        // several lanes.
+        let named: Vec<String> = lanes.iter().flatten().cloned().collect();
+        plans::execute(
+            client,
+            "SELECT id FROM txevents.claims
+              WHERE consumer = $1 AND lane = ANY($2::text[]) ORDER BY id FOR UPDATE",
+            None,
+            &[consumer.into(), named.into()],
+        )?;
     }
     plans::execute(
         client,

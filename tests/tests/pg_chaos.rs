@@ -1,5 +1,5 @@
-//! Chaos against a private cluster (max_connections = 30, autovacuum off so that dead
-//! tuples can be counted): producers commit and roll back events while a pool of 40
+//! Chaos against a private cluster (max_connections = 30, 6 of them reserved for the
+//! superuser that checks and kills, autovacuum off so that dead tuples can be counted): producers commit and roll back events while a pool of 40
 //! workers (more than the server admits) drains a plain and an ordered group, a killer
 //! terminates worker backends mid-batch, the server is restarted with an immediate
 //! shutdown mid-stream, and a transaction stays open for the rest of the run.
@@ -125,7 +125,10 @@ fn worker(config: Config, seen: Arc<Seen>, group: &'static str, stop: Arc<Atomic
         };
         let result = (|| -> Result<usize, postgres::Error> {
             let ids: Vec<i64> = c
-                .query("SELECT id FROM txevents.poll($1, $2, '1s')", &[&group, &BATCH])?
+                .query(
+                    "SELECT id FROM txevents.poll($1, $2, '1s')",
+                    &[&group, &BATCH],
+                )?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
@@ -206,7 +209,10 @@ fn wait_processed(c: &mut Client, group: &str, what: &str) {
         if missing == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "{group}: {missing} events never processed ({what})");
+        assert!(
+            Instant::now() < deadline,
+            "{group}: {missing} events never processed ({what})"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -229,6 +235,7 @@ fn admin(db: &TestDb) -> Client {
 fn workers_killed_a_crash_a_full_server_and_an_idle_transaction_lose_nothing() {
     let cluster = pg_with_settings(&[
         &format!("max_connections={MAX_CONNECTIONS}"),
+        "superuser_reserved_connections=6",
         "autovacuum=off",
     ]);
     let db = cluster.create_db("chaos");
@@ -238,7 +245,9 @@ fn workers_killed_a_crash_a_full_server_and_an_idle_transaction_lose_nothing() {
          SELECT txevents.create_consumer('ordered', ordered => true);
          CREATE TABLE produced (id bigint PRIMARY KEY);
          CREATE TABLE processed (grp text, id bigint);
-         CREATE TABLE ack_log (grp text, n bigint)",
+         CREATE TABLE ack_log (grp text, n bigint);
+         CREATE ROLE chaos LOGIN IN ROLE txevents_producer, txevents_consumer;
+         GRANT INSERT ON produced, processed, ack_log TO chaos",
     )
     .expect("setup");
 
@@ -255,14 +264,16 @@ fn workers_killed_a_crash_a_full_server_and_an_idle_transaction_lose_nothing() {
     let restarted = Arc::new(AtomicBool::new(false));
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|n| {
-            let (config, seen, restarted) = (db.config(), seen.clone(), restarted.clone());
+            let mut config = db.config();
+            config.user("chaos");
+            let (seen, restarted) = (seen.clone(), restarted.clone());
             thread::spawn(move || producer(config, seen, n, restarted))
         })
         .collect();
     let workers: Vec<_> = (0..WORKERS)
         .map(|n| {
             let mut config = db.config();
-            config.application_name("chaos-worker");
+            config.application_name("chaos-worker").user("chaos");
             let (seen, stop) = (seen.clone(), stop.clone());
             thread::spawn(move || worker(config, seen, GROUPS[n % 2], stop))
         })
@@ -295,7 +306,8 @@ fn workers_killed_a_crash_a_full_server_and_an_idle_transaction_lose_nothing() {
     for group in GROUPS {
         wait_processed(&mut c, group, "the idle transaction still open");
     }
-    idle.batch_execute("COMMIT").expect("commit the idle transaction");
+    idle.batch_execute("COMMIT")
+        .expect("commit the idle transaction");
     for group in GROUPS {
         wait_processed(&mut c, group, "after the idle transaction committed");
     }
@@ -308,7 +320,11 @@ fn workers_killed_a_crash_a_full_server_and_an_idle_transaction_lose_nothing() {
     let committed = committed_events(&mut c);
     assert!(committed.contains(&idle_id));
     assert!(!committed.contains(&doomed_id), "the crash rolled it back");
-    let errors = seen.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let errors = seen
+        .errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     eprintln!(
         "committed {}, killed {killed}, batches {}, polls {}, errors {errors:?}",
         committed.len(),
@@ -323,7 +339,10 @@ fn workers_killed_a_crash_a_full_server_and_an_idle_transaction_lose_nothing() {
             "unexpected error {code}: {errors:?}"
         );
     }
-    assert!(errors.contains_key("53300"), "the pool exceeded max_connections");
+    assert!(
+        errors.contains_key("53300"),
+        "the pool exceeded max_connections"
+    );
     assert!(killed > 0, "workers were terminated");
 
     for group in GROUPS {
@@ -331,7 +350,11 @@ fn workers_killed_a_crash_a_full_server_and_an_idle_transaction_lose_nothing() {
             &mut c,
             &format!("SELECT coalesce(sum(n), 0)::bigint FROM ack_log WHERE grp = '{group}'"),
         );
-        assert_eq!(acked as usize, committed.len(), "{group}: acked exactly once each");
+        assert_eq!(
+            acked as usize,
+            committed.len(),
+            "{group}: acked exactly once each"
+        );
         let processed: HashSet<i64> = c
             .query("SELECT id FROM processed WHERE grp = $1", &[&group])
             .expect("processed")
@@ -376,7 +399,10 @@ fn workers_killed_a_crash_a_full_server_and_an_idle_transaction_lose_nothing() {
     );
     eprintln!("dead tuples: claims {claims}, consumers {consumers}, outbox {outbox}");
     let batches = seen.batches.load(Ordering::Relaxed);
-    assert!(claims <= 4 * batches + 64 * killed, "claims: {claims} dead tuples");
+    assert!(
+        claims <= 4 * batches + 64 * killed,
+        "claims: {claims} dead tuples"
+    );
     assert!(
         consumers <= seen.polls.load(Ordering::Relaxed),
         "consumers: {consumers} dead tuples"

@@ -36,7 +36,10 @@ fn an_aggregate_waits_for_the_ack_of_its_previous_event() {
     )
     .expect("create_consumer");
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM txevents.consumers WHERE ordered"),
+        count(
+            &mut c,
+            "SELECT count(*) FROM txevents.consumers WHERE ordered"
+        ),
         1
     );
     let a: Vec<i64> = (0..3).map(|_| emit_for(&mut c, "a", Some("A"))).collect();
@@ -69,13 +72,23 @@ fn an_aggregate_waits_for_the_ack_of_its_previous_event() {
     assert!(poll(&mut c, "o", 100, "5 min").is_empty(), "B is blocked");
     thread::sleep(Duration::from_millis(400));
     let again = poll(&mut c, "o", 100, "5 min");
-    assert_eq!(again, vec![(b[0], "b".to_string(), 2)], "the retry, attempt 2");
+    assert_eq!(
+        again,
+        vec![(b[0], "b".to_string(), 2)],
+        "the retry, attempt 2"
+    );
     assert_eq!(ack(&mut c, "o", &[b[0], a[1]]), 2);
     let rest = polled_ids(&poll(&mut c, "o", 100, "5 min"));
     assert_eq!(sorted(rest), sorted(vec![a[2], b[1]]));
     assert_eq!(ack(&mut c, "o", &[a[2], b[1]]), 2);
     assert!(drain_group(&mut c, "o").is_empty());
-    assert_eq!(count(&mut c, "SELECT count(*) FROM txevents.claims WHERE consumer = 'o'"), 0);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM txevents.claims WHERE consumer = 'o'"
+        ),
+        0
+    );
 }
 
 #[test]
@@ -92,7 +105,10 @@ fn a_dead_letter_releases_the_aggregate() {
         .get(0);
     assert!(!retry, "last attempt: dead letter");
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM txevents.dead_letters WHERE consumer = 'o'"),
+        count(
+            &mut c,
+            "SELECT count(*) FROM txevents.dead_letters WHERE consumer = 'o'"
+        ),
         1
     );
     assert_eq!(polled_ids(&poll(&mut c, "o", 10, "5 min")), [a[1]]);
@@ -134,7 +150,10 @@ fn concurrent_workers_never_hold_two_events_of_one_aggregate_and_keep_its_order(
                 let mut empty = 0;
                 while empty < 5 {
                     let got: Vec<(i64, Option<String>)> = w
-                        .query("SELECT id, aggregate_id FROM txevents.poll('o', 5, '5 min')", &[])
+                        .query(
+                            "SELECT id, aggregate_id FROM txevents.poll('o', 5, '5 min')",
+                            &[],
+                        )
                         .expect("poll")
                         .iter()
                         .map(|r| (r.get(0), r.get(1)))
@@ -174,5 +193,8 @@ fn concurrent_workers_never_hold_two_events_of_one_aggregate_and_keep_its_order(
     {
         handled.entry(row.get(0)).or_default().push(row.get(1));
     }
-    assert_eq!(handled, emitted, "each aggregate once each, in emission order");
+    assert_eq!(
+        handled, emitted,
+        "each aggregate once each, in emission order"
+    );
 }

@@ -557,10 +557,11 @@ impl Model {
             let now = self.now;
             let (due, later): (Vec<_>, Vec<_>) =
                 self.retries.iter().partition(|&&(_, _, d)| d <= now);
-            sources.extend(due.iter().take(want).map(|&(id, attempts, _)| Source::Retry {
-                id,
-                attempts,
-            }));
+            sources.extend(
+                due.iter()
+                    .take(want)
+                    .map(|&(id, attempts, _)| Source::Retry { id, attempts }),
+            );
             let kept: Vec<_> = due.into_iter().skip(want).chain(later).collect();
             self.retries = kept;
         }
@@ -618,7 +619,10 @@ impl Model {
                 "{id} of an uncommitted or rolled-back transaction delivered"
             );
             assert!(!self.dead.contains_key(&id), "{id} delivered after dying");
-            assert!(!self.acked.contains_key(&id), "{id} delivered after its ack");
+            assert!(
+                !self.acked.contains_key(&id),
+                "{id} delivered after its ack"
+            );
             self.delivered.insert(id);
             if self.ordered {
                 if let Some(a) = self.aggregate_of(id) {
@@ -665,7 +669,12 @@ impl Model {
                 ids,
                 attempts,
                 inflight,
-            } => set(self.rows.get_mut(&row).expect("row"), ids, attempts, inflight),
+            } => set(
+                self.rows.get_mut(&row).expect("row"),
+                ids,
+                attempts,
+                inflight,
+            ),
             Write::Release { row, ids, attempts } => {
                 let s = self.rows.get_mut(&row).expect("row");
                 set(s, ids, attempts, 0);
