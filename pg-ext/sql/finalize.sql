@@ -89,18 +89,21 @@ SELECT d.datname, b.histogram, b.bucket, b.le, b.count, b.cumulative
 COMMENT ON VIEW txevents.latency_buckets IS
     'Transaction and commit duration histograms: count per bucket, le = upper bound in seconds. Needs shared_preload_libraries.';
 
--- Per consumer group: committed matching events not yet claimed (pending; the
--- visibility rules of src/consumer.rs), events held by claims (in_flight), waiting
--- retries, dead letters, and the age of the oldest event not yet handed out.
+-- Per consumer group: committed matching events not yet handed out (pending: those
+-- not yet read into claim rows, by the visibility rules of src/poll.rs, plus those
+-- waiting in pending claim rows), events held by workers (in_flight), waiting retries
+-- (the retries table and lane heads nacked in an ordered group), dead letters, and the
+-- age of the oldest event not yet handed out.
 CREATE VIEW txevents.consumer_lag AS
 SELECT c.name AS consumer,
-       coalesce(p.pending, 0) AS pending,
-       (SELECT coalesce(sum(cardinality(cl.event_ids)), 0)::bigint
-          FROM txevents.claims cl WHERE cl.consumer = c.name) AS in_flight,
-       (SELECT count(*) FROM txevents.retries r WHERE r.consumer = c.name) AS retrying,
+       coalesce(p.pending, 0) + coalesce(k.pending, 0) AS pending,
+       coalesce(k.in_flight, 0) AS in_flight,
+       (SELECT count(*) FROM txevents.retries r WHERE r.consumer = c.name)
+           + coalesce(k.retrying, 0) AS retrying,
        (SELECT count(*) FROM txevents.dead x WHERE x.consumer = c.name) AS dead,
        clock_timestamp() - least(
            p.oldest,
+           k.oldest,
            (SELECT min(o.occurred_at) FROM txevents.retries r
               JOIN txevents.outbox o ON o.id = r.event_id
              WHERE r.consumer = c.name)) AS oldest_pending_age
@@ -113,7 +116,19 @@ SELECT c.name AS consumer,
           AND NOT (c.range_snapshot IS NOT NULL
                    AND pg_catalog.pg_visible_in_snapshot(o.txid, c.range_snapshot)
                    AND (o.txid, o.id) <= (c.range_txid, c.range_id))
-          AND (c.event_types IS NULL OR o.event_type = ANY (c.event_types))) p ON true;
+          AND (c.event_types IS NULL OR o.event_type = ANY (c.event_types))) p ON true
+  LEFT JOIN LATERAL (
+       SELECT sum(pg_catalog.cardinality(cl.event_ids) - cl.inflight) AS pending,
+              sum(cl.inflight) FILTER (WHERE cl.lane IS NULL OR cl.last_error IS NULL)
+                  AS in_flight,
+              count(*) FILTER (WHERE cl.lane IS NOT NULL AND cl.last_error IS NOT NULL)
+                  AS retrying,
+              (SELECT min(o.occurred_at)
+                 FROM txevents.claims w,
+                      LATERAL unnest(w.event_ids[w.inflight + 1:]) AS e(id)
+                 JOIN txevents.outbox o ON o.id = e.id
+                WHERE w.consumer = c.name) AS oldest
+         FROM txevents.claims cl WHERE cl.consumer = c.name) k ON true;
 COMMENT ON VIEW txevents.consumer_lag IS
     'Per consumer group: pending, in-flight, retrying and dead events, and the age of the oldest undelivered one.';
 

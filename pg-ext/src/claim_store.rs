@@ -7,6 +7,8 @@ use pgrx::spi::{SpiClient, SpiTupleTable};
 
 use crate::delivery::{Row, Write};
 use crate::error::{TxEventsError, TxResult};
+use crate::metrics::count;
+use crate::metrics_store::EventCounter;
 use crate::plans;
 
 /// A value of the extension's own tables that must be present: NULL there is corrupt
@@ -66,7 +68,7 @@ pub fn rows(table: SpiTupleTable<'_>) -> TxResult<Vec<Row>> {
     Ok(out)
 }
 
-fn count(n: usize) -> i32 {
+fn int(n: usize) -> i32 {
     // A row never holds more events than one tick reads into memory.
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -92,14 +94,14 @@ pub fn apply(
             client,
             "UPDATE txevents.claims
                 SET event_ids = $2, attempts = $3, inflight = $4,
-                    lease_until = clock_timestamp() + $5
+                    lease_until = clock_timestamp() + $5, last_error = NULL
               WHERE id = $1",
             None,
             &[
                 row.into(),
                 ids.into(),
                 attempts.into(),
-                count(inflight).into(),
+                int(inflight).into(),
                 leased(lease)?.into(),
             ],
         )?,
@@ -117,7 +119,7 @@ pub fn apply(
                 row.into(),
                 ids.into(),
                 attempts.into(),
-                count(inflight).into(),
+                int(inflight).into(),
             ],
         )?,
         Write::Release { row, ids, attempts } => plans::execute(
@@ -172,5 +174,6 @@ pub fn dead_letter(
         None,
         &[consumer.into(), ids.into(), attempts.into(), error.into()],
     )?;
+    count(EventCounter::DeadLettered, dead.len() as u64);
     Ok(())
 }

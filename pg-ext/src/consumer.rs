@@ -18,6 +18,8 @@ use crate::backoff;
 use crate::claim_store::{self, required};
 use crate::delivery::{self, Nack};
 use crate::error::{TxEventsError, TxResult};
+use crate::metrics::count;
+use crate::metrics_store::EventCounter;
 use crate::plans;
 use crate::snapshot::Snapshot;
 use crate::validate;
@@ -240,6 +242,7 @@ fn ack(consumer: Option<&str>, ids: Option<Vec<Option<i64>>>) -> TxResult<i64> {
                 acked += n;
             }
         }
+        count(EventCounter::Acked, acked as u64);
         Ok(i64::try_from(acked).unwrap_or(i64::MAX))
     })
 }
@@ -350,6 +353,7 @@ fn nack(
                 None,
                 &[row.into(), (delay as f64).into(), error.into()],
             )?;
+            count(EventCounter::Retried, 1);
             return Ok(true);
         }
         plans::execute(client,
@@ -367,6 +371,7 @@ fn nack(
                 error.into(),
             ],
         )?;
+        count(EventCounter::Retried, 1);
         Ok(true)
     })
 }
@@ -418,7 +423,9 @@ fn txevents_redrive(
                 )?
                 .first()
                 .get_one()?;
-            required(n, "row count")
+            let n = required(n, "row count")?;
+            count(EventCounter::Redriven, u64::try_from(n).unwrap_or(0));
+            Ok(n)
         })
     };
     run().unwrap_or_else(|e| e.raise())

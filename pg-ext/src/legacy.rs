@@ -428,7 +428,12 @@ pub fn ack(consumer: Option<&str>, ids: Option<Vec<Option<i64>>>) -> TxResult<i6
             )?
             .first()
             .get_one()?;
-        required(acked, "acked count")
+        let acked = required(acked, "acked count")?;
+        crate::metrics::count(
+            crate::metrics_store::EventCounter::Acked,
+            u64::try_from(acked).unwrap_or(0),
+        );
+        Ok(acked)
     })
 }
 
@@ -523,6 +528,7 @@ pub fn nack(
                 error.into(),
             ],
         )?;
+        crate::metrics::count(crate::metrics_store::EventCounter::Retried, 1);
         Ok(true)
     })
 }

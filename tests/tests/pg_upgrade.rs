@@ -163,6 +163,16 @@ fn update_keeps_delivering(from: &str) {
     let mut expected = before[1..].to_vec();
     expected.push(after);
     assert_eq!(drain_group(&mut c, "g"), expected);
+    // The views of the update exist and read the updated tables.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM txevents.consumer_lag
+              WHERE consumer = 'g' AND pending = 0 AND in_flight = 0"
+        ),
+        1,
+        "from {from}"
+    );
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM txevents.outbox"),
         4,
