@@ -26,8 +26,10 @@ use crate::validate;
 
 /// Largest batch `poll` hands out.
 pub const MAX_BATCH: i32 = 10_000;
-/// A tick of an unordered group reads this many batches' worth of events, so that the
-/// group's row is locked once per this many polls.
+/// A tick of an unordered group reads at least this many batches' worth of events, so
+/// that the group's row is locked once per this many polls; with more workers holding
+/// batches, twice as many batches as they hold (up to [`TICK_MAX`] events): every
+/// worker then finds a pending batch while one of them ticks.
 const TICK_BATCHES: usize = 32;
 /// The most events an unordered tick reads.
 const TICK_MAX: usize = 20_000;
@@ -255,7 +257,9 @@ fn poll(
                 sources.extend(pending);
                 continue;
             }
-            if ticked {
+            // A tick of an ordered group locks lanes in id order, as ack does; holding
+            // lanes taken above in another order, it could deadlock with an ack.
+            if ticked || (group.ordered && !row_ids(&sources).is_empty()) {
                 break;
             }
             ticked = true;
@@ -362,7 +366,19 @@ fn tick_group(
     let target = if group.ordered {
         usize::MAX
     } else {
-        (batch * TICK_BATCHES).clamp(batch, TICK_MAX.max(batch))
+        let held: Option<i64> = plans::execute(
+            client,
+            "SELECT count(*) FROM txevents.claims
+              WHERE consumer = $1 AND lease_until IS NOT NULL",
+            Some(1),
+            &[consumer.into()],
+        )?
+        .first()
+        .get(1)?;
+        let batches = usize::try_from(held.unwrap_or(0))
+            .unwrap_or(0)
+            .saturating_mul(2);
+        (batch * batches.max(TICK_BATCHES)).clamp(batch, TICK_MAX.max(batch))
     };
     let tick = delivery::tick(
         &mut cursor,

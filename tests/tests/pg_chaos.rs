@@ -4,6 +4,9 @@
 //! terminates worker backends mid-batch, the server is restarted with an immediate
 //! shutdown mid-stream, and a transaction stays open for the rest of the run.
 //!
+//! Groups allow 1000 attempts: on a loaded machine a lease of 1 s runs out often,
+//! and every redelivery counts one; dead letters are not what this test is about.
+//!
 //! Afterwards, per group: every committed event was acked exactly once (the acks'
 //! counts, committed with each worker's processing, add up to the committed events,
 //! and no claim, retry or dead letter is left), nothing rolled back was processed, and
@@ -47,6 +50,9 @@ struct Seen {
 impl Seen {
     fn error(&self, err: &postgres::Error) {
         let code = sqlstate(err).unwrap_or_else(|| "connection".into());
+        if code == "40P01" {
+            eprintln!("deadlock: {err:?}");
+        }
         *self
             .errors
             .lock()
@@ -209,10 +215,13 @@ fn wait_processed(c: &mut Client, group: &str, what: &str) {
         if missing == 0 {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{group}: {missing} events never processed ({what})"
-        );
+        if Instant::now() >= deadline {
+            let dead = count(
+                c,
+                &format!("SELECT count(*) FROM txevents.dead WHERE consumer = '{group}'"),
+            );
+            panic!("{group}: {missing} events never processed ({what}); {dead} dead letters");
+        }
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -241,8 +250,8 @@ fn workers_killed_a_crash_a_full_server_and_an_idle_transaction_lose_nothing() {
     let db = cluster.create_db("chaos");
     let mut c = admin(&db);
     c.batch_execute(
-        "SELECT txevents.create_consumer('plain');
-         SELECT txevents.create_consumer('ordered', ordered => true);
+        "SELECT txevents.create_consumer('plain', max_attempts => 1000);
+         SELECT txevents.create_consumer('ordered', max_attempts => 1000, ordered => true);
          CREATE TABLE produced (id bigint PRIMARY KEY);
          CREATE TABLE processed (grp text, id bigint);
          CREATE TABLE ack_log (grp text, n bigint);
