@@ -88,8 +88,7 @@ pgmq_fill() {
     pq -d bench -o /dev/null -c "
         SELECT pgmq.send_batch('q', array_agg(jsonb_build_object('i', i)))
           FROM generate_series(1, $BACKLOG - (SELECT count(*) FROM pgmq.q_q)) i
-         HAVING count(*) > 0;
-        VACUUM ANALYZE pgmq.q_q;"
+         HAVING count(*) > 0" -c "VACUUM ANALYZE pgmq.q_q"
 }
 
 # run NAME SCRIPT WORKERS -> events/s, from pgbench's transaction count x batch
@@ -103,6 +102,7 @@ run() {
     awk -v t="$tx" -v b="$batch" -v s="$SECONDS_EACH" 'BEGIN { printf "%.0f", t * b / s }'
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 ROWS=()
 for p in "${POINTS[@]}"; do
     b=${p%%:*}; w=${p##*:}; g="g_${b}_${w}"
@@ -136,6 +136,7 @@ done
     echo "scripts/bench-pg-consumers.sh: private cluster, fsync=off, $(nproc) cores shared"
     echo "with other work, ${SECONDS_EACH} s per point, one run, backlog $BACKLOG events; pgmq $PGMQ_CRATE"
     echo "crate's pgmq.sql (1.13.0). Drain rate = pgbench transactions x batch / time."
+    echo "Load average before: $LOAD_BEFORE; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     echo "| batch | workers | txevents events/s | pgmq events/s |"
     echo "|---|---|---|---|"
