@@ -117,8 +117,9 @@ bench: bench-redis bench-pg bench-relay ## All benchmarks; results appended to b
 bench-redis: build ## redis-benchmark: plain GET/SET vs NSCACHE vs the Lua alternative; INVALIDATE; bytes per entry
 	scripts/bench-redis.sh
 
-bench-pg: build ## pgbench: plain insert vs txevents.emit vs hand-written outbox; poll+ack; notify latency
+bench-pg: build ## pgbench: plain insert vs txevents.emit vs hand-written outbox; poll+ack; notify latency; consumer scaling vs pgmq
 	scripts/bench-pg.sh
+	scripts/bench-pg-consumers.sh
 
 bench-relay: build ## cachetx relay: commit -> invalidated latency at 1,000/s, invalidations/s one relay sustains
 	scripts/bench-relay.sh

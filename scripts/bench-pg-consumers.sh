@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Consumer-group scaling benchmark (issue 10), run by `make bench-pg` (scripts/bench-pg.sh,
-# part "consumers").
+# Consumer-group scaling benchmark (issue 10), run by `make bench-pg` after
+# scripts/bench-pg.sh.
 #
 # On a private Postgres cluster (fsync=off, max_connections=300, preload txevents),
 # side by side in one run: drain rate (events/s) of one txevents consumer group and of

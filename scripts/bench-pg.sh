@@ -21,9 +21,7 @@
 #   metrics overhead: pgbench's tpcb-like (scale 10) on two clusters, one with
 #     shared_preload_libraries=txevents (metrics on) and one without, 1 and 16 clients,
 #     -T BENCH_MODE_SECONDS, best of BENCH_OVERHEAD_ROUNDS (3) interleaved rounds.
-#   consumers: consumer-group drain rate with 1 to 256 workers against pgmq 1.13.0
-#     (scripts/bench-pg-consumers.sh, its own cluster and settings).
-# BENCH_PARTS (default "emit modes overhead consumers") picks the parts to run.
+# BENCH_PARTS (default "emit modes overhead") picks the parts to run.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +32,7 @@ POLL_EVENTS=${BENCH_POLL_EVENTS:-100000}
 LAT_RATE=${BENCH_LATENCY_RATE:-1000}
 LAT_SECONDS=${BENCH_LATENCY_SECONDS:-10}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/RESULTS.md}
-PARTS=${BENCH_PARTS:-"emit modes overhead consumers"}
+PARTS=${BENCH_PARTS:-"emit modes overhead"}
 MODE_CLIENTS=${BENCH_MODE_CLIENTS:-"1 16 64"}
 MODE_SECONDS=${BENCH_MODE_SECONDS:-5}
 OVERHEAD_ROUNDS=${BENCH_OVERHEAD_ROUNDS:-3}
@@ -284,7 +282,6 @@ for part in $PARTS; do
         emit) bench_emit ;;
         modes) bench_modes ;;
         overhead) bench_overhead ;;
-        consumers) BENCH_RESULTS=$RESULTS "$ROOT/scripts/bench-pg-consumers.sh" ;;
         *) echo "unknown BENCH_PARTS entry: $part" >&2; exit 2 ;;
     esac
 done
