@@ -2,10 +2,12 @@
 //!
 //! Claims events of consumer group `relay` with `txevents.poll` (woken by LISTEN on
 //! the txevents channel, polling as a fallback), applies `cache.invalidate` payloads
-//! to Redis, and acks them only after Redis confirmed. Redis unreachable: the batch is
-//! nacked with backoff (nothing acked, nothing lost) and the relay waits for Redis to
-//! come back. Postgres gone: it reconnects. Delivery is at-least-once; applying an
-//! invalidation twice is harmless.
+//! to Redis, and acks them only after Redis confirmed. Redis unreachable: the relay
+//! keeps the batch in hand and applies it again with backoff once Redis answers
+//! (nothing acked, nothing lost, and no delivery attempt spent per retry: each claim
+//! counts one, and a group's `max_attempts` would otherwise dead-letter invalidations
+//! during an outage whose reconnects succeed). Postgres gone: it reconnects. Delivery
+//! is at-least-once; applying an invalidation twice is harmless.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -124,6 +126,8 @@ pub async fn run(
     );
     let mut pg: Option<PgConn> = None;
     let mut redis: Option<RedisHandle> = None;
+    // A claimed batch Redis could not apply yet: retried as is, never claimed again.
+    let mut held: Option<Vec<Claimed>> = None;
     tracing::info!(
         group = %args.group,
         redis = %args.redis.display(),
@@ -163,7 +167,11 @@ pub async fn run(
                 }
             },
         };
-        let batch = match poll(&conn.client, &args).await {
+        let batch = match held.take() {
+            Some(batch) => Ok(batch),
+            None => poll(&conn.client, &args).await,
+        };
+        let batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!("poll failed: {}; reconnecting", pg::message(&e));
@@ -181,7 +189,6 @@ pub async fn run(
             .await;
             continue;
         }
-        totals.batches += 1;
         match apply(handle, &args, &batch).await {
             Ok(outcome) => {
                 if let Err(e) = settle(&conn.client, &args, &outcome).await {
@@ -190,6 +197,7 @@ pub async fn run(
                     pg = None;
                     continue;
                 }
+                totals.batches += 1;
                 totals.acked += outcome.done.len() as u64;
                 totals.nacked += outcome.failed.len() as u64;
                 for (id, error) in &outcome.failed {
@@ -202,24 +210,43 @@ pub async fn run(
                 backoff.reset();
             }
             Err(ApplyError::RedisDown(e)) => {
+                // Kept in hand, not nacked: every claim spends a delivery attempt, and
+                // an outage whose reconnects succeed (writes paused, a cluster node
+                // down, LOADING) would dead-letter invalidations never applied.
                 let wait = backoff.next();
                 tracing::warn!(
-                    "Redis unavailable ({e}); {} events nacked, retry in {wait:?}",
+                    "Redis unavailable ({e}); {} events kept unacked, retry in {wait:?}",
                     batch.len()
                 );
                 redis = None;
-                let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
-                if let Err(e) =
-                    nack(&conn.client, &args.group, &ids, "redis unavailable", wait).await
+                held = Some(batch);
+                pause(&shutdown, wait).await;
+            }
+        }
+    }
+    if let Some(batch) = held {
+        // Stopping with a batch Redis never confirmed: hand it back now rather than
+        // after its lease, for another relay (or the next start).
+        let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
+        totals.nacked += ids.len() as u64;
+        match pg.as_ref() {
+            Some(conn) if !conn.client.is_closed() => {
+                if let Err(e) = nack(
+                    &conn.client,
+                    &args.group,
+                    &ids,
+                    "redis unavailable",
+                    Duration::ZERO,
+                )
+                .await
                 {
                     tracing::warn!(
                         "nack failed: {}; the events return after their lease",
                         pg::message(&e)
                     );
                 }
-                totals.nacked += ids.len() as u64;
-                pause(&shutdown, wait).await;
             }
+            _ => tracing::warn!("{} unapplied events return after their lease", ids.len()),
         }
     }
     tracing::info!(
