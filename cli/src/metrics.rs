@@ -34,11 +34,29 @@ type Field = fn(&NamespaceStats) -> u64;
 /// (histogram, datname) of a latency_buckets series.
 type SeriesKey = (String, String);
 
+/// Label pairs, values escaped for the text format: prometheus-client writes label
+/// values verbatim, and a consumer group or database name may hold `"`, `\` or a
+/// newline, which would otherwise break the whole exposition (Prometheus drops the
+/// scrape).
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), escape_label_value(v)))
         .collect()
+}
+
+/// A label value as the text format spells it: `\\`, `\"` and `\n` escaped.
+fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Keeps the `max` busiest namespaces (by lookups) and sums the rest into one
