@@ -1,6 +1,9 @@
 //! Commit-to-listener latency of txevents NOTIFY (SPEC 6), for `scripts/bench-pg.sh`.
 //!
-//! `cargo run --release -p cachetx-tests --example notify_latency -- <url> [rate] [seconds]`
+//! `cargo run --release -p cachetx-tests --example notify_latency -- <url> [rate] [seconds] [mode]`
+//!
+//! `mode` is the producer's `txevents.notify`: `commit` (default) or `coalesced` (needs
+//! the server started with `shared_preload_libraries = 'txevents'`).
 //!
 //! One connection LISTENs on `txevents`; another emits one event per transaction at
 //! `rate` events/s (default 1000) for `seconds` (default 10). For each event the clock
@@ -18,11 +21,18 @@ use postgres::{Client, NoTls};
 fn main() {
     let mut args = std::env::args().skip(1);
     let Some(url) = args.next() else {
-        eprintln!("usage: notify_latency <postgres url> [rate per second] [seconds]");
+        eprintln!(
+            "usage: notify_latency <postgres url> [rate per second] [seconds] [commit|coalesced]"
+        );
         std::process::exit(2);
     };
     let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let mode = args.next().unwrap_or_else(|| "commit".to_owned());
+    if mode != "commit" && mode != "coalesced" {
+        eprintln!("notify_latency: mode must be commit or coalesced, not {mode:?}");
+        std::process::exit(2);
+    }
     let total = rate * seconds;
     let warmup = rate; // first second
 
@@ -33,8 +43,8 @@ fn main() {
         .expect("LISTEN txevents");
     let mut producer = connect();
     producer
-        .batch_execute("SET txevents.notify = commit")
-        .expect("SET");
+        .batch_execute(&format!("SET txevents.notify = {mode}"))
+        .expect("SET txevents.notify");
 
     let start = Instant::now();
     let listening = thread::spawn(move || {
@@ -97,7 +107,7 @@ fn main() {
     };
     let achieved = total as f64 / elapsed.as_secs_f64().max(0.001);
     println!(
-        "notify_latency rate={rate}/s sent={} measured={} lost={lost} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} max_ms={:.3} achieved_rate={:.0}/s",
+        "notify_latency mode={mode} rate={rate}/s sent={} measured={} lost={lost} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} max_ms={:.3} achieved_rate={:.0}/s",
         sent.len(),
         latencies.len(),
         pct(0.50),
