@@ -139,10 +139,10 @@ pub async fn run(
         let conn = match pg.as_mut() {
             Some(conn) if !conn.client.is_closed() => conn,
             _ => match open_pg(&pg_config, &args).await {
-                Ok(conn) => {
-                    backoff.reset();
-                    pg.insert(conn)
-                }
+                // The backoff is reset by work done, not by a connection: a server
+                // that accepts connections and then fails every request (LOADING,
+                // CLUSTERDOWN, a missing grant) must not be retried ten times a second.
+                Ok(conn) => pg.insert(conn),
                 Err(e) => {
                     tracing::warn!("Postgres unavailable: {e:#}; retrying");
                     pg = None;
@@ -157,7 +157,6 @@ pub async fn run(
             None => match RedisHandle::connect(&args.redis).await {
                 Ok(handle) => {
                     tracing::info!("connected to Redis {}", args.redis.display());
-                    backoff.reset();
                     redis.insert(handle)
                 }
                 Err(e) => {
@@ -181,6 +180,7 @@ pub async fn run(
             }
         };
         if batch.is_empty() {
+            backoff.reset();
             wait_for_work(
                 conn,
                 &shutdown,

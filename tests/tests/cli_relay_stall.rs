@@ -71,6 +71,13 @@ fn a_stalled_redis_does_not_dead_letter_invalidations() {
         relay.log()
     );
     assert!(get(&mut conn, "cand", "1").is_none());
+    // Every reconnect succeeded, yet the retries backed off to the cap (300 ms) instead
+    // of starting over at 100 ms after each connection.
+    assert!(
+        relay.log().contains("retry in 300ms"),
+        "the backoff restarts with every reconnect\n{}",
+        relay.log()
+    );
     let status = relay.signal_and_wait(libc::SIGTERM);
     assert!(status.success(), "relay exit {status:?}\n{}", relay.log());
 }
