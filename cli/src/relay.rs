@@ -143,6 +143,7 @@ pub async fn run(
                 // that accepts connections and then fails every request (LOADING,
                 // CLUSTERDOWN, a missing grant) must not be retried ten times a second.
                 Ok(conn) => pg.insert(conn),
+                Err(e) if e.downcast_ref::<GroupMismatch>().is_some() => return Err(e),
                 Err(e) => {
                     tracing::warn!("Postgres unavailable: {e:#}; retrying");
                     pg = None;
@@ -276,12 +277,13 @@ pub async fn ensure_group(client: &tokio_postgres::Client, args: &RelayArgs) -> 
     // in txevents.errors; a role that cannot read the table just tries to create it.
     let exists = client
         .query_opt(
-            "SELECT 1 FROM txevents.consumers WHERE name = $1",
+            "SELECT event_types FROM txevents.consumers WHERE name = $1",
             &[&args.group],
         )
         .await;
-    if let Ok(Some(_)) = exists {
-        return Ok(());
+    if let Ok(Some(row)) = exists {
+        let types: Option<Vec<String>> = row.try_get(0).unwrap_or(None);
+        return check_group_types(args, types);
     }
     let types: Option<Vec<&str>> = if args.streams {
         None
@@ -305,6 +307,42 @@ pub async fn ensure_group(client: &tokio_postgres::Client, args: &RelayArgs) -> 
             args.group,
             pg::message(&e)
         )),
+    }
+}
+
+/// A group that exists already keeps its event type filter: `--streams` on a group
+/// that only receives `cache.invalidate` would mirror nothing else, silently.
+#[derive(Debug)]
+pub struct GroupMismatch(String);
+
+impl std::fmt::Display for GroupMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GroupMismatch {}
+
+fn check_group_types(args: &RelayArgs, types: Option<Vec<String>>) -> Result<()> {
+    match (args.streams, types) {
+        (true, Some(types)) => Err(GroupMismatch(format!(
+            "consumer group {:?} only receives {}, so --streams could not mirror the other \
+             event types: use another --group, or drop the group \
+             (SELECT txevents.drop_consumer('{}')) and let the relay recreate it",
+            args.group,
+            types.join(", "),
+            args.group.replace('\'', "''"),
+        ))
+        .into()),
+        (false, None) => {
+            tracing::warn!(
+                group = %args.group,
+                "the group receives every event type (created for --streams): this relay \
+                 acks the events that are not cache.invalidate without mirroring them"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
