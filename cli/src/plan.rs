@@ -84,26 +84,24 @@ pub fn plan(events: &[(i64, &CacheInvalidation)], cluster: bool) -> Vec<Op> {
                 for key in keys {
                     let slot = if cluster { key_slot(key.as_bytes()) } else { 0 };
                     let groups = dels.entry((prefix, slot)).or_default();
+                    // A key already queued in an earlier chunk of this group is not
+                    // repeated; its event is then served by that chunk too. Only a new
+                    // key opens a chunk, so no command is left without keys.
+                    if let Some(group) = groups.iter_mut().find(|g| g.seen.contains(key)) {
+                        group.events.insert(*id);
+                        continue;
+                    }
                     if groups
                         .last()
                         .is_none_or(|g| g.keys.len() >= MAX_KEYS_PER_DEL)
                     {
                         groups.push(Group::default());
                     }
-                    // A key already queued in an earlier chunk of this group is not
-                    // repeated; its event is then served by that chunk too.
-                    let holder = groups.iter_mut().find(|g| g.seen.contains(key));
-                    let group = match holder {
-                        Some(group) => group,
-                        None => {
-                            let last = groups.len() - 1;
-                            let group = &mut groups[last];
-                            group.seen.insert(key.clone());
-                            group.keys.push(key.clone());
-                            group
-                        }
-                    };
-                    group.events.insert(*id);
+                    if let Some(group) = groups.last_mut() {
+                        group.seen.insert(key.clone());
+                        group.keys.push(key.clone());
+                        group.events.insert(*id);
+                    }
                 }
             }
         }
@@ -248,5 +246,33 @@ mod tests {
         assert_eq!(ops[0].events, vec![1, 2]);
         assert_eq!(ops[1].events, vec![1]);
         assert_eq!(ops[2].events, vec![1, 2]);
+    }
+}
+
+#[cfg(test)]
+mod empty_chunk_tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_after_a_full_chunk_adds_no_empty_command() {
+        let many: Vec<String> = (0..MAX_KEYS_PER_DEL).map(|i| i.to_string()).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let a = CacheInvalidation {
+            prefix: "c".into(),
+            scope: InvalidationScope::Keys(refs.iter().map(|k| k.to_string()).collect()),
+        };
+        let b = CacheInvalidation {
+            prefix: "c".into(),
+            scope: InvalidationScope::Keys(vec!["5".into()]),
+        };
+        let ops = plan(&[(1, &a), (2, &b)], false);
+        for op in &ops {
+            let Action::Del { keys, .. } = &op.action else {
+                panic!("a DEL");
+            };
+            assert!(!keys.is_empty(), "an NSCACHE.DEL without keys: {op:?}");
+        }
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].events, vec![1, 2]);
     }
 }
