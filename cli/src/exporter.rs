@@ -45,6 +45,8 @@ struct Sources {
     args: ExporterArgs,
     redis: Option<RedisHandle>,
     pg: Option<tokio_postgres::Client>,
+    /// Namespaces labeled in the last scrape: they keep their label.
+    labeled: std::collections::BTreeSet<String>,
 }
 
 type Shared = Arc<Mutex<Sources>>;
@@ -59,6 +61,7 @@ pub async fn run(args: ExporterArgs, shutdown: CancellationToken) -> Result<()> 
         args,
         redis: None,
         pg: None,
+        labeled: Default::default(),
     }));
     let app = Router::new()
         .route("/metrics", get(scrape))
@@ -99,10 +102,22 @@ impl Sources {
         } else {
             self.transactions().await
         };
+        let labeled = match &cache {
+            Section::Available(figures) => {
+                self.labeled = metrics::choose_labeled(
+                    &figures.namespaces,
+                    self.args.max_namespaces,
+                    &self.labeled,
+                );
+                Some(self.labeled.clone())
+            }
+            Section::Unavailable(_) => None,
+        };
         Snapshot {
             cache,
             tx,
             max_namespaces: self.args.max_namespaces,
+            labeled,
         }
     }
 

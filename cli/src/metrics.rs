@@ -6,6 +6,8 @@
 //! least busy namespaces beyond the cap are summed into `namespace="(other)"`, a name
 //! nscache cannot have.
 
+use std::collections::BTreeSet;
+
 use cachetx_shared::{LatencySummary, NamespaceStats};
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
@@ -26,6 +28,9 @@ pub struct Snapshot {
     pub tx: Section<TxFigures>,
     /// Most namespace labels.
     pub max_namespaces: usize,
+    /// The namespaces that get their own label (see [`choose_labeled`]); `None`: the
+    /// busiest of this snapshot.
+    pub labeled: Option<BTreeSet<String>>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -84,6 +89,60 @@ pub fn cap_namespaces(mut namespaces: Vec<NamespaceStats>, max: usize) -> Vec<Na
     namespaces
 }
 
+/// The namespaces to label in this scrape, given those labeled in the previous one:
+/// a namespace keeps its label while it exists, and free places go to the busiest
+/// others. Choosing afresh by busyness each scrape moved namespaces in and out of
+/// `(other)`, whose counters then went down, which Prometheus reads as a reset (a
+/// bogus spike in `rate()`).
+pub fn choose_labeled(
+    namespaces: &[NamespaceStats],
+    max: usize,
+    previous: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut kept: BTreeSet<String> = namespaces
+        .iter()
+        .filter(|ns| previous.contains(&ns.prefix))
+        .map(|ns| ns.prefix.clone())
+        .take(max)
+        .collect();
+    let mut rest: Vec<&NamespaceStats> = namespaces
+        .iter()
+        .filter(|ns| !kept.contains(&ns.prefix))
+        .collect();
+    rest.sort_by(|a, b| {
+        (b.hits.saturating_add(b.misses))
+            .cmp(&a.hits.saturating_add(a.misses))
+            .then_with(|| a.prefix.cmp(&b.prefix))
+    });
+    for ns in rest {
+        if kept.len() >= max {
+            break;
+        }
+        kept.insert(ns.prefix.clone());
+    }
+    kept
+}
+
+/// Keeps the namespaces of `labeled` and sums the others into one
+/// [`OVERFLOW_NAMESPACE`] entry; kept namespaces in name order.
+fn cap_to(namespaces: Vec<NamespaceStats>, labeled: &BTreeSet<String>) -> Vec<NamespaceStats> {
+    let (mut kept, rest): (Vec<NamespaceStats>, Vec<NamespaceStats>) = namespaces
+        .into_iter()
+        .partition(|ns| labeled.contains(&ns.prefix));
+    kept.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    if !rest.is_empty() {
+        let other: Vec<NamespaceStats> = rest
+            .into_iter()
+            .map(|mut ns| {
+                ns.prefix = OVERFLOW_NAMESPACE.to_string();
+                ns
+            })
+            .collect();
+        kept.extend(merge(other.iter()));
+    }
+    kept
+}
+
 /// The snapshot in the Prometheus text format.
 pub fn encode(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
@@ -95,7 +154,12 @@ pub fn encode(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
 
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        encode_cache(&mut encoder, &self.cache, self.max_namespaces)?;
+        encode_cache(
+            &mut encoder,
+            &self.cache,
+            self.max_namespaces,
+            self.labeled.as_ref(),
+        )?;
         encode_tx(&mut encoder, &self.tx)
     }
 }
@@ -162,6 +226,7 @@ fn encode_cache(
     encoder: &mut DescriptorEncoder,
     cache: &Section<CacheFigures>,
     max: usize,
+    labeled: Option<&BTreeSet<String>>,
 ) -> std::fmt::Result {
     let up = matches!(cache, Section::Available(_));
     gauges(
@@ -179,7 +244,10 @@ fn encode_cache(
         "Namespaces known to the servers (before the label cap).",
         &[(Vec::new(), figures.namespaces.len() as f64)],
     )?;
-    let namespaces = cap_namespaces(figures.namespaces.clone(), max);
+    let namespaces = match labeled {
+        Some(labeled) => cap_to(figures.namespaces.clone(), labeled),
+        None => cap_namespaces(figures.namespaces.clone(), max),
+    };
     let by_ns = |f: fn(&NamespaceStats) -> u64| -> Vec<(Labels, u64)> {
         namespaces
             .iter()
@@ -607,6 +675,7 @@ mod tests {
             }),
             tx: Section::Unavailable("no".into()),
             max_namespaces: 10,
+            labeled: None,
         };
         let text = encode(&snapshot).expect("encode");
         assert_eq!(
@@ -666,6 +735,7 @@ mod tests {
             cache: Section::Unavailable("no".into()),
             tx: Section::Available(tx),
             max_namespaces: 10,
+            labeled: None,
         };
         let text = encode(&snapshot).expect("encode");
         assert_eq!(
