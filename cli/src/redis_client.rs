@@ -192,6 +192,20 @@ fn routing(target: Target) -> RoutingInfo {
 /// True when the error says Redis (or a cluster node) is unreachable or not serving
 /// right now, rather than refusing this particular command: retry later, ack nothing.
 pub fn is_unavailable(err: &RedisError) -> bool {
+    // Server-wide refusals: the relay's own configuration (a password Redis wants or
+    // rejects) or a node without the module. Every event would fail the same way, so
+    // they wait for the fix instead of spending delivery attempts into dead letters.
+    match err.code() {
+        Some("NOAUTH" | "WRONGPASS") => return true,
+        Some("ERR")
+            if err
+                .detail()
+                .is_some_and(|d| d.starts_with("unknown command")) =>
+        {
+            return true
+        }
+        _ => {}
+    }
     if err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
