@@ -341,15 +341,7 @@ fn drain() -> bool {
 /// `txevents.coalesced` (DROP EXTENSION).
 fn send_batch() -> TxResult<Option<usize>> {
     Spi::connect_mut(|client| {
-        let installed: Option<bool> = crate::plans::execute(
-            client,
-            "SELECT pg_catalog.to_regclass('txevents.coalesced') IS NOT NULL",
-            Some(1),
-            &[],
-        )?
-        .first()
-        .get(1)?;
-        if installed != Some(true) {
+        if !lock_tables(client)? {
             return Ok(None);
         }
         let rows = crate::plans::execute(
@@ -388,4 +380,54 @@ fn send_batch() -> TxResult<Option<usize>> {
         }
         Ok(Some(taken))
     })
+}
+
+/// The OIDs of the outbox and of the marker table, or `None` when either is gone.
+fn table_oids(
+    client: &mut pgrx::spi::SpiClient<'_>,
+) -> TxResult<Option<(pg_sys::Oid, pg_sys::Oid)>> {
+    let table = crate::plans::execute(
+        client,
+        "SELECT pg_catalog.to_regclass('txevents.outbox')::oid,
+                pg_catalog.to_regclass('txevents.coalesced')::oid",
+        Some(1),
+        &[],
+    )?;
+    let row = table.first();
+    let outbox: Option<pg_sys::Oid> = row.get(1)?;
+    let marks: Option<pg_sys::Oid> = row.get(2)?;
+    Ok(outbox.zip(marks))
+}
+
+/// Locks the outbox (read) and the marker table (write) before the batch touches
+/// either, never waiting for one while holding the other. A statement that locks both
+/// in the other order (DROP EXTENSION drops the outbox, then the marker table) would
+/// otherwise deadlock with the worker, and Postgres could cancel the user's statement
+/// rather than the worker's batch. `false` when either table is gone, as seen once
+/// both locks are held (taking a lock processes the invalidations of a concurrent
+/// DROP).
+fn lock_tables(client: &mut pgrx::spi::SpiClient<'_>) -> TxResult<bool> {
+    let Some((outbox, marks)) = table_oids(client)? else {
+        return Ok(false);
+    };
+    let read = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let write = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: lock manager calls inside a transaction, on relation OIDs; a lock taken
+    // here and released at once was not held before in this transaction (the batch's
+    // first access to these tables), so the release does not drop an earlier hold.
+    unsafe {
+        loop {
+            pg_sys::LockRelationOid(outbox, read);
+            if pg_sys::ConditionalLockRelationOid(marks, write) {
+                break;
+            }
+            pg_sys::UnlockRelationOid(outbox, read);
+            pg_sys::LockRelationOid(marks, write);
+            if pg_sys::ConditionalLockRelationOid(outbox, read) {
+                break;
+            }
+            pg_sys::UnlockRelationOid(marks, write);
+        }
+    }
+    Ok(table_oids(client)? == Some((outbox, marks)))
 }

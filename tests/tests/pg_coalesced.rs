@@ -569,3 +569,90 @@ fn a_worker_whose_extension_was_dropped_exits_for_good() {
     let got = listener.until(|r| !r.is_empty());
     assert_eq!(got.iter().map(|r| id_of(r)).collect::<Vec<_>>(), vec![id]);
 }
+
+/// Waits until process `pid` waits for a lock.
+fn wait_for_lock_wait(admin: &mut Client, pid: i32) {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let waiting: bool = admin
+            .query_one(
+                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity
+                  WHERE pid = $1",
+                &[&pid],
+            )
+            .expect("pg_stat_activity")
+            .get(0);
+        if waiting {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never waited for a lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_worker_waiting_for_the_outbox_holds_no_lock_a_ddl_statement_needs() {
+    // DROP EXTENSION locks the outbox, then the marker table. A worker that had taken
+    // the marker table and then waited for the outbox deadlocked with it, and Postgres
+    // cancelled the user's statement (seen in CI). Here a session plays DROP's part
+    // with the lowest deadlock_timeout, so that it, not the worker, would be the one
+    // cancelled: it must get both locks without a deadlock.
+    let db = pg().create_db("coalesced_lock_order");
+    let mut c = coalesced(&db);
+    c.query_one("SELECT txevents.emit('x')", &[]).expect("emit");
+    let mut admin = db.connect();
+    let pid = worker_pid(&mut admin, &db.name);
+
+    let mut ddl = db.connect();
+    ddl.batch_execute(
+        "SET deadlock_timeout = '10ms';
+         BEGIN;
+         LOCK TABLE txevents.outbox IN ACCESS EXCLUSIVE MODE",
+    )
+    .expect("lock the outbox");
+    // A committed marker (no events) and a COMMIT PREPARED to wake the worker.
+    let mut other = db.connect();
+    other
+        .batch_execute(
+            "INSERT INTO txevents.coalesced (txid, channel)
+             VALUES (pg_current_xact_id(), 'txevents')",
+        )
+        .expect("marker");
+    let gid = format!("{}_g", db.name);
+    other
+        .batch_execute(&format!(
+            "BEGIN; CREATE TABLE wake (); PREPARE TRANSACTION '{gid}'"
+        ))
+        .expect("prepare");
+    other
+        .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        .expect("commit prepared");
+    wait_for_lock_wait(&mut admin, pid);
+
+    ddl.batch_execute("LOCK TABLE txevents.coalesced IN ACCESS EXCLUSIVE MODE")
+        .expect("the marker table, while the worker waits for the outbox: no deadlock");
+    ddl.batch_execute("ROLLBACK").expect("rollback");
+
+    // The worker then sends the batch: the marker goes, and it is the same worker (it
+    // did not fail and restart).
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let left: i64 = admin
+            .query_one("SELECT count(*) FROM txevents.coalesced", &[])
+            .expect("markers")
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the marker was never taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        worker_pid(&mut admin, &db.name),
+        pid,
+        "the worker restarted"
+    );
+}
