@@ -17,17 +17,9 @@ pub enum KeyForm {
     Tagged,
 }
 
-/// Returns the hash tag of `key` as Redis Cluster defines it, if there is one.
-pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
-    let open = key.iter().position(|&b| b == b'{')?;
-    let rest = &key[open + 1..];
-    let close = rest.iter().position(|&b| b == b'}')?;
-    if close == 0 {
-        None
-    } else {
-        Some(&rest[..close])
-    }
-}
+/// The hash tag of `key` as Redis Cluster defines it, if there is one (the shared
+/// crate's, which the relay groups keys by: one definition for both).
+pub use cachetx_shared::slot::hash_tag;
 
 /// Decides how `key` is stored, refusing keys whose slot a wrapper cannot keep.
 pub fn key_form(key: &[u8]) -> Result<KeyForm, CacheError> {
@@ -114,30 +106,10 @@ pub fn stored_name_in<'b>(
     Some(name)
 }
 
-/// CRC16-CCITT (XMODEM), the checksum Redis Cluster uses for key slots.
-pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// The Redis Cluster slot of `key` (0..16384).
-pub fn key_slot(key: &[u8]) -> u16 {
-    crc16(hash_tag(key).unwrap_or(key)) & 0x3FFF
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cachetx_shared::slot::{crc16, key_slot};
 
     fn stored_name(prefix: &str, key: &[u8], form: KeyForm) -> Vec<u8> {
         let mut out = Vec::new();
