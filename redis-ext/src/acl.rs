@@ -18,9 +18,11 @@
 
 use std::ffi::CStr;
 use std::ptr;
+use std::sync::{Arc, Mutex};
 
 use redis_module::{raw, Context, ContextFlags, RedisString};
 
+use crate::caller_cache::{self, Table};
 use crate::error::{CacheError, CacheResult};
 
 /// What a command does to the entries (or the namespace) it names.
@@ -142,23 +144,104 @@ pub struct Caller(Who);
 enum Who {
     /// Redis's own clients, which have no ACL user: everything is allowed.
     Unrestricted,
-    /// A handle of the client's ACL user, freed on drop.
-    User(*mut raw::RedisModuleUser),
+    /// A handle of the client's ACL user (shared with the caller cache).
+    User(Arc<UserHandle>),
     /// The client names a user that no longer exists: nothing is allowed.
     Gone,
 }
 
-impl Drop for Caller {
+/// A handle of an ACL user from `RedisModule_GetModuleUserFromUserName`,
+/// freed when the last reference goes. Freeing it frees the handle only,
+/// never the user, so it is safe even after the user was deleted (the
+/// handle is then never used again: its epoch is over, see [`caller_cache`]).
+pub struct UserHandle(*mut raw::RedisModuleUser);
+
+// SAFETY: handles are created, used and freed only by commands, which Redis
+// runs one at a time under its global lock; the pointer is never touched
+// concurrently.
+unsafe impl Send for UserHandle {}
+// SAFETY: as above.
+unsafe impl Sync for UserHandle {}
+
+impl Drop for UserHandle {
     fn drop(&mut self) {
-        if let Who::User(user) = self.0 {
-            // SAFETY: `user` came from RedisModule_GetModuleUserFromUserName
-            // and is freed once; this frees the handle, not the ACL user.
-            unsafe {
-                if let Some(free) = raw::RedisModule_FreeModuleUser {
-                    free(user);
-                }
+        // SAFETY: the handle came from RedisModule_GetModuleUserFromUserName
+        // and is freed once (this frees the handle, not the ACL user).
+        unsafe {
+            if let Some(free) = raw::RedisModule_FreeModuleUser {
+                free(self.0);
             }
         }
+    }
+}
+
+/// The users of connected clients, as resolved by their last command (see
+/// [`caller_cache`] for when an entry is valid).
+static CALLERS: Mutex<Table<Arc<UserHandle>>> = Mutex::new(Table::new());
+
+/// The remembered user of `client` in `epoch`.
+fn remembered(client: u64, epoch: u64) -> Option<Arc<UserHandle>> {
+    let table = CALLERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    table.get(client, epoch)
+}
+
+/// Remembers the user of `client` for the rest of `epoch`.
+fn remember(client: u64, epoch: u64, user: Arc<UserHandle>) {
+    let replaced = {
+        let mut table = CALLERS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        table.put(client, epoch, user)
+    };
+    // Freed outside the lock.
+    drop(replaced);
+}
+
+/// The command filter that keeps the caller cache honest: every command that
+/// could change a client's user starts a new epoch (see [`caller_cache`]).
+///
+/// # Safety
+/// Called by Redis with a valid filter context.
+pub unsafe extern "C" fn on_any_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    // Nothing may unwind into Redis; on any doubt, forget everything.
+    let keep = std::panic::catch_unwind(|| {
+        // SAFETY: a valid filter context; argument 0 is the command name.
+        let name =
+            unsafe { raw::RedisModule_CommandFilterArgGet.map_or(ptr::null_mut(), |f| f(fctx, 0)) };
+        if name.is_null() {
+            return false;
+        }
+        let mut len = 0usize;
+        // SAFETY: a valid string of the command; only read here.
+        let bytes =
+            unsafe { raw::RedisModule_StringPtrLen.map_or(ptr::null(), |f| f(name, &mut len)) };
+        if bytes.is_null() {
+            return false;
+        }
+        // SAFETY: Redis returned `len` readable bytes.
+        caller_cache::keeps_epoch(unsafe { std::slice::from_raw_parts(bytes.cast::<u8>(), len) })
+    })
+    .unwrap_or(false);
+    if !keep {
+        caller_cache::bump_epoch();
+    }
+}
+
+/// Registers [`on_any_command`]; the module must not load without it, or the
+/// cache could outlive a change of user.
+pub fn register_command_filter(ctx: &Context) -> Result<(), String> {
+    // SAFETY: called from OnLoad with its context; the callback lives as long
+    // as the module.
+    let filter = unsafe {
+        raw::RedisModule_RegisterCommandFilter
+            .map_or(ptr::null_mut(), |f| f(ctx.ctx, Some(on_any_command), 0))
+    };
+    if filter.is_null() {
+        Err("RedisModule_RegisterCommandFilter failed".into())
+    } else {
+        Ok(())
     }
 }
 
@@ -171,6 +254,11 @@ impl Caller {
     /// always does (Redis gives every connection a user, and moves the
     /// clients of a deleted user to `default`); any other client is asked with
     /// [`has_attached_user`] first.
+    ///
+    /// A connected client's user is remembered for its next commands
+    /// ([`caller_cache`]), except inside `MULTI`/`EXEC`: no filter runs between
+    /// the queued commands, so a queued `AUTH` or `ACL DELUSER` would go
+    /// unnoticed until the `EXEC` ends.
     pub fn current(ctx: &Context) -> CacheResult<Caller> {
         let (Some(client_id), Some(client_info)) = (
             // SAFETY: reading initialised API pointers.
@@ -179,13 +267,24 @@ impl Caller {
         ) else {
             return Err(CacheError::Internal("the ACL module API is missing"));
         };
-        // SAFETY: a command's context; a null info pointer only asks whether
-        // the client is connected (no allocation).
-        let connected = unsafe { client_info(ptr::null_mut(), client_id(ctx.ctx)) }
-            == raw::REDISMODULE_OK as i32;
+        // SAFETY: a command's context.
+        let client = unsafe { client_id(ctx.ctx) };
         let flags = ctx.get_flags();
         let replayed =
             flags.contains(ContextFlags::LOADING) || flags.contains(ContextFlags::REPLICATED);
+        let cacheable = !replayed && !flags.contains(ContextFlags::MULTI);
+        let epoch = caller_cache::epoch();
+        if cacheable {
+            if let Some(user) = remembered(client, epoch) {
+                return Ok(Caller(Who::User(user)));
+            }
+        }
+        // SAFETY: a null info pointer only asks whether the client is
+        // connected (no allocation). Only connected clients are remembered:
+        // their ids are never shared (a script's or a module call's client
+        // runs as whoever calls it).
+        let connected =
+            unsafe { client_info(ptr::null_mut(), client) } == raw::REDISMODULE_OK as i32;
         let decision = if connected && !replayed {
             Identity::AttachedUser
         } else {
@@ -202,7 +301,11 @@ impl Caller {
                 if name.is_null() {
                     return Err(CacheError::Internal("the current ACL user is unknown"));
                 }
-                Self::named(ctx, name)
+                let caller = Self::named(ctx, name)?;
+                if let (true, true, Who::User(user)) = (connected, cacheable, &caller.0) {
+                    remember(client, epoch, Arc::clone(user));
+                }
+                Ok(caller)
             }
         }
     }
@@ -218,16 +321,16 @@ impl Caller {
             // The client's user was deleted under it: refuse, as Redis would.
             Who::Gone
         } else {
-            Who::User(user)
+            Who::User(Arc::new(UserHandle(user)))
         }))
     }
 
     /// Whether the user's key patterns allow `access` to `name`.
     pub fn allows(&self, name: &RedisString, access: Access) -> bool {
-        let user = match self.0 {
+        let user = match &self.0 {
             Who::Unrestricted => return true,
             Who::Gone => return false,
-            Who::User(user) => user,
+            Who::User(user) => user.0,
         };
         // SAFETY: user and name are valid for the call.
         let status = unsafe {
@@ -259,7 +362,8 @@ impl Caller {
 
     /// Logs a denial of `name` in `ACL LOG` and returns the NOPERM error.
     pub fn deny(&self, ctx: &Context, prefix: &str, name: &RedisString) -> CacheError {
-        if let Who::User(user) = self.0 {
+        if let Who::User(user) = &self.0 {
+            let user = user.0;
             // SAFETY: all pointers valid for the call; Redis copies the name.
             unsafe {
                 if let Some(log) = raw::RedisModule_ACLAddLogEntry {

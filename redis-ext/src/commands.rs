@@ -314,9 +314,10 @@ pub fn fetch(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     };
     // Reading needs read permission; a lease (MISS or REFRESH token) is the
     // right to write the key back, so it needs write permission too.
+    // Asked only when a lease is due: a hit needs read permission alone.
     let caller = acl::Caller::current(ctx)?;
     caller.require(ctx, prefix, &target.stored, Access::Read)?;
-    let may_lease = caller.allows(&target.stored, Access::Write);
+    let may_lease = || caller.allows(&target.stored, Access::Write);
     let Some(ns) = read_namespace(ctx, prefix) else {
         // No namespace, no lease to name it: the write-back could not be
         // stored either. WRONGTYPE first, like GET.
@@ -328,7 +329,7 @@ pub fn fetch(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     let outcome = if let Slot::Live(entry) = &found {
         // A plain hit reads neither the expiry nor the clock.
         let refresh = match window.and_then(|window| Some((window, key.expire_ms()?))) {
-            Some((window, left)) if left < window && may_lease => {
+            Some((window, left)) if left < window && may_lease() => {
                 match acquire_lease(ctx, ns, &target.stored, now_ms(), lease_ms)? {
                     Acquire::Granted(token) => Some(token),
                     Acquire::Held { .. } => None,
@@ -355,7 +356,7 @@ pub fn fetch(ctx: &Context, args: Args<'_>) -> CacheResult<RedisValue> {
     } else {
         let stale = matches!(found, Slot::Stale);
         drop(key);
-        if !may_lease {
+        if !may_lease() {
             return Err(caller.deny(ctx, prefix, &target.stored));
         }
         // Reclaimed before the lease is taken: the deletion is a write of

@@ -1,13 +1,14 @@
 //! nscache: a namespaced, self-monitoring cache as a Redis module (SPEC 2).
 //!
-//! Logic is plain Rust with unit tests: `acl` (its pure half), `args`, `clock`, `entry`, `guard`,
-//! `histogram`, `keyname`, `lease`, `lifecycle`, `memsize`, `namespace`,
-//! `removal`, `sweep`, `topk`. The FFI layer is thin: `commands`, `datatype`,
+//! Logic is plain Rust with unit tests: `acl` (its pure half), `args`,
+//! `caller_cache`, `clock`, `entry`, `guard`, `histogram`, `keyname`, `lease`,
+//! `lifecycle`, `memsize`, `namespace`, `removal`, `sweep`, `topk`. The FFI layer is thin: `commands`, `datatype`,
 //! `dispatch` (the raw command callback), `openkey`, `sweeper`, and the
 //! command table below.
 
 pub mod acl;
 pub mod args;
+pub mod caller_cache;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -70,6 +71,11 @@ mod module {
             // ACL key patterns apply to stored names (issue 14).
             if let Err(why) = crate::acl::declare_key_specs(ctx) {
                 crate::log::warning(&format!("nscache: cannot declare key specs: {why}"));
+                return Status::Err;
+            }
+            // Keeps the remembered users of clients honest (caller_cache).
+            if let Err(why) = crate::acl::register_command_filter(ctx) {
+                crate::log::warning(&format!("nscache: {why}"));
                 return Status::Err;
             }
             crate::clock::init();

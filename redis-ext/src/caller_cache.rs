@@ -1,0 +1,266 @@
+//! Remembers, per connected client, the ACL user its last nscache command
+//! resolved, so the next one skips the lookup (issue 8).
+//!
+//! Resolving a client's user costs three module API calls, two allocations
+//! and two radix-tree lookups on every command (`GetClientInfoById`,
+//! `GetCurrentUserName`, `GetModuleUserFromUserName`): about 1,100
+//! instructions, a quarter of a plain `GET`. What a client's user is, and
+//! whether the user still exists, can only change through a command: `AUTH`,
+//! `HELLO ... AUTH`, `RESET`, `ACL SETUSER/DELUSER/LOAD`, `EXEC` of queued
+//! ones, or another module's command that authenticates its caller. So an
+//! entry is valid for one *epoch*, and a command filter starts a new epoch on
+//! every command other than nscache's own and a short list of core data
+//! commands ([`keeps_epoch`]): any other command, from any client, forgets
+//! every entry at once.
+//!
+//! Only the user *handle* is remembered, never a decision: each key is still
+//! checked against the user's current patterns (an `ACL SETUSER` edits the
+//! user in place, and starts a new epoch anyway).
+//!
+//! The table is direct-mapped on the client id, so its memory is fixed
+//! ([`SLOTS`] entries) whatever the number of clients: two clients on the same
+//! slot take turns, each falling back to the full lookup. Client ids are never
+//! reused by Redis, so an entry of a disconnected client is never matched
+//! again; it is dropped when its slot is taken.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Number of slots of the table (clients beyond it share slots).
+pub const SLOTS: usize = 4096;
+
+/// The current epoch: entries stored under an older one are ignored.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// The epoch entries are stored and looked up under now.
+pub fn epoch() -> u64 {
+    EPOCH.load(Ordering::Relaxed)
+}
+
+/// Starts a new epoch: every entry stored so far is ignored from now on.
+pub fn bump_epoch() {
+    EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Whether a command leaves the epoch alone: nscache's own commands
+/// (`nscache.` followed by anything) and the frequent core data commands of
+/// [`DATA_COMMANDS`], in any case. None of them can authenticate a client or
+/// change, create or delete a user; every other command (`ACL`, `AUTH`,
+/// `HELLO`, `RESET`, `EXEC`, `EVAL`, `CONFIG`, any other module's command,
+/// an unknown name) starts a new epoch.
+pub fn keeps_epoch(name: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"nscache.";
+    if name.len() > PREFIX.len() {
+        return name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX);
+    }
+    let mut lower = [0u8; 8];
+    let Some(dest) = lower.get_mut(..name.len()) else {
+        return false;
+    };
+    dest.copy_from_slice(name);
+    dest.make_ascii_lowercase();
+    DATA_COMMANDS.contains(&&*dest)
+}
+
+/// Core commands that only read or write data (at most 8 bytes long), so a
+/// workload mixing them with nscache commands keeps its remembered users.
+/// Scripts and transactions are left out on purpose (`EXEC` may run a queued
+/// `AUTH`), as is every administrative command.
+pub const DATA_COMMANDS: [&[u8]; 40] = [
+    b"get",
+    b"set",
+    b"setex",
+    b"psetex",
+    b"setnx",
+    b"getex",
+    b"getdel",
+    b"mget",
+    b"mset",
+    b"del",
+    b"unlink",
+    b"exists",
+    b"expire",
+    b"pexpire",
+    b"ttl",
+    b"pttl",
+    b"incr",
+    b"incrby",
+    b"decr",
+    b"decrby",
+    b"hget",
+    b"hset",
+    b"hmget",
+    b"hgetall",
+    b"hdel",
+    b"hincrby",
+    b"lpush",
+    b"rpush",
+    b"lpop",
+    b"rpop",
+    b"lrange",
+    b"sadd",
+    b"srem",
+    b"smembers",
+    b"zadd",
+    b"zrange",
+    b"zrem",
+    b"zincrby",
+    b"publish",
+    b"ping",
+];
+
+/// One remembered client.
+struct Slot<H> {
+    client: u64,
+    epoch: u64,
+    handle: H,
+}
+
+/// A direct-mapped table from client id to a handle `H`, valid for one epoch.
+pub struct Table<H> {
+    slots: Vec<Option<Slot<H>>>,
+}
+
+impl<H: Clone> Table<H> {
+    /// An empty table; its slots are allocated by the first [`Table::put`].
+    pub const fn new() -> Table<H> {
+        Table { slots: Vec::new() }
+    }
+
+    /// The handle stored for `client` in `epoch`, if it is there.
+    pub fn get(&self, client: u64, epoch: u64) -> Option<H> {
+        match self.slots.get(slot_of(client)) {
+            Some(Some(slot)) if slot.client == client && slot.epoch == epoch => {
+                Some(slot.handle.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Stores `handle` for `client` in `epoch`; returns the entry it replaced
+    /// (another client's, or an older epoch's), for the caller to drop.
+    pub fn put(&mut self, client: u64, epoch: u64, handle: H) -> Option<H> {
+        if self.slots.is_empty() {
+            self.slots.resize_with(SLOTS, || None);
+        }
+        let slot = self.slots.get_mut(slot_of(client))?;
+        slot.replace(Slot {
+            client,
+            epoch,
+            handle,
+        })
+        .map(|old| old.handle)
+    }
+
+    /// Number of entries stored (of any epoch).
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Whether no entry is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<H: Clone> Default for Table<H> {
+    fn default() -> Self {
+        Table::new()
+    }
+}
+
+/// The slot of a client id (ids are sequential, so the low bits spread them).
+fn slot_of(client: u64) -> usize {
+    // SLOTS is a power of two; the remainder fits in usize.
+    usize::try_from(client % SLOTS as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_found_only_by_its_client_in_its_epoch() {
+        let mut table = Table::new();
+        assert_eq!(table.get(7, 1), None);
+        assert_eq!(table.put(7, 1, "alice"), None);
+        assert_eq!(table.get(7, 1), Some("alice"));
+        // Another epoch: the user may have changed or been deleted.
+        assert_eq!(table.get(7, 2), None);
+        // Another client on the same slot is not this one.
+        assert_eq!(table.get(7 + SLOTS as u64, 1), None);
+    }
+
+    #[test]
+    fn a_client_on_a_taken_slot_replaces_the_entry_and_hands_it_back() {
+        let mut table = Table::new();
+        table.put(3, 1, "alice");
+        assert_eq!(table.put(3 + SLOTS as u64, 1, "bob"), Some("alice"));
+        assert_eq!(table.get(3, 1), None);
+        assert_eq!(table.get(3 + SLOTS as u64, 1), Some("bob"));
+        // A newer epoch's entry replaces an older one of the same client.
+        assert_eq!(table.put(3 + SLOTS as u64, 2, "carol"), Some("bob"));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn memory_is_bounded_whatever_the_number_of_clients() {
+        let mut table = Table::new();
+        for client in 0..(10 * SLOTS as u64) {
+            table.put(client, 1, client);
+        }
+        assert_eq!(table.len(), SLOTS);
+        // The last client of each slot is the one remembered.
+        let last = 10 * SLOTS as u64 - 1;
+        assert_eq!(table.get(last, 1), Some(last));
+        assert_eq!(table.get(last - SLOTS as u64, 1), None);
+    }
+
+    #[test]
+    fn a_bump_moves_to_a_new_epoch() {
+        let before = epoch();
+        bump_epoch();
+        assert!(epoch() > before);
+    }
+
+    #[test]
+    fn commands_that_can_change_a_user_start_a_new_epoch() {
+        for name in [
+            &b"nscache.get"[..],
+            b"NSCACHE.FETCH",
+            b"NsCache.Set",
+            b"GET",
+            b"hset",
+        ] {
+            assert!(keeps_epoch(name), "{name:?}");
+        }
+        for name in [
+            &b"acl"[..],
+            b"AUTH",
+            b"hello",
+            b"RESET",
+            b"exec",
+            b"eval",
+            b"evalsha",
+            b"fcall",
+            b"client",
+            b"config",
+            b"module",
+            b"nscache.",
+            b"nscache",
+            b"nscachexget",
+            b"mymodule.auth",
+            b"getxxxxxx",
+            b"",
+        ] {
+            assert!(!keeps_epoch(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn the_data_commands_are_lower_case_and_fit_the_buffer() {
+        for name in DATA_COMMANDS {
+            assert!(name.len() <= 8 && !name.is_empty(), "{name:?}");
+            assert!(name.iter().all(u8::is_ascii_lowercase), "{name:?}");
+        }
+    }
+}
