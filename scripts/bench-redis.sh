@@ -26,11 +26,14 @@ ROUNDS=${BENCH_ROUNDS:-5}
 LEASES=${BENCH_LEASES:-1}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/RESULTS.md}
 WORK=$(mktemp -d /tmp/cachetx-bench.XXXXXX)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-REDIS_PID=""
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+PORT=$(free_port)
+PLAIN_PORT=$(free_port)
+REDIS_PID="" PLAIN_PID=""
 
 cleanup() {
     [ -n "$REDIS_PID" ] && { kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; }
+    [ -n "$PLAIN_PID" ] && { kill "$PLAIN_PID" 2>/dev/null || true; wait "$PLAIN_PID" 2>/dev/null || true; }
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -53,17 +56,30 @@ fi
 "${SERVER_CPU[@]}" redis-server --port "$PORT" --bind 127.0.0.1 --dir "$WORK" --save "" --appendonly no \
     --loadmodule "$MODULE" "${FLOOR[@]}" --logfile "$WORK/redis.log" &
 REDIS_PID=$!
+# Plain Redis is a second server without any module, on the same core: the
+# module's command filter and keyspace-event subscription cost every command
+# of its own server something, which the "plain, nscache server" column shows.
+mkdir -p "$WORK/plain"
+"${SERVER_CPU[@]}" redis-server --port "$PLAIN_PORT" --bind 127.0.0.1 --dir "$WORK/plain" --save "" \
+    --appendonly no --logfile "$WORK/plain.log" &
+PLAIN_PID=$!
 rc() { redis-cli -p "$PORT" "$@"; }
+for _ in $(seq 100); do redis-cli -p "$PLAIN_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 for _ in $(seq 100); do rc ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 VALUE=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' v)
-BENCH=("${CLIENT_CPU[@]}" redis-benchmark -p "$PORT" -P 16 -c 50 -n "$REQUESTS" -r "$KEYS" -q)
+BENCH=("${CLIENT_CPU[@]}" redis-benchmark -P 16 -c 50 -n "$REQUESTS" -r "$KEYS" -q)
 
 # Loads inline commands produced by awk through redis-cli --pipe.
 pipe_load() { awk "$1" | rc --pipe >/dev/null; }
 
-rps() { # runs one redis-benchmark command, prints requests per second
-    "${BENCH[@]}" "$@" 2>/dev/null | tr '\r' '\n' | awk '/requests per second/ {for (i=1;i<=NF;i++) if ($(i+1) ~ /^requests/) v=$i} END {print v+0}'
+rps() { # runs one redis-benchmark command on the nscache server, prints requests per second
+    rps_on "$PORT" "$@"
+}
+rps_on() { # the same on the server listening on port $1
+    local port=$1
+    shift
+    "${BENCH[@]}" -p "$port" "$@" 2>/dev/null | tr '\r' '\n' | awk '/requests per second/ {for (i=1;i<=NF;i++) if ($(i+1) ~ /^requests/) v=$i} END {print v+0}'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 used_memory() { rc info memory | tr -d '\r' | awk -F: '/^used_memory:/ {print $2}'; }
@@ -73,8 +89,13 @@ cmd_usec() { rc info commandstats | tr -d '\r' | awk -F'[=,:]' -v c="cmdstat_$1"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "==> preloading $KEYS keys (plain strings and nscache entries)"
 pipe_load "BEGIN { for (i = 0; i < $KEYS; i++) printf \"SET key:%012d $VALUE EX 3600\r\n\", i }"
+# The plain server holds as many keys as the nscache server (fill:* stand for
+# the nscache entries, floor:* for the yardstick's), so both look keys up in a
+# table of the same size.
+awk "BEGIN { for (i = 0; i < $KEYS; i++) printf \"SET key:%012d $VALUE EX 3600\r\nSET fill:{%012d} $VALUE EX 3600\r\nSET floor:{%012d} $VALUE EX 3600\r\n\", i, i, i }" \
+    | redis-cli -p "$PLAIN_PORT" --pipe >/dev/null
 pipe_load "BEGIN { for (i = 0; i < $KEYS; i++) printf \"NSCACHE.SET bench %012d 3600 $VALUE\r\n\", i }"
-[ ${#FLOOR[@]} -gt 0 ] && pipe_load "BEGIN { for (i = 0; i < $KEYS; i++) printf \"SET floor:{%012d} $VALUE EX 3600\r\n\", i }"
+pipe_load "BEGIN { for (i = 0; i < $KEYS; i++) printf \"SET floor:{%012d} $VALUE EX 3600\r\n\", i }"
 
 LUA='local v = redis.call("GET", KEYS[1])
 if v then redis.call("HINCRBY", KEYS[2], "hits", 1) else redis.call("HINCRBY", KEYS[2], "misses", 1) end
@@ -87,18 +108,20 @@ echo "==> throughput ($REQUESTS requests, -P 16 -c 50, $ROUNDS interleaved round
 # the round with the median GET ratio is reported, and every round's ratios.
 rounds_file=$WORK/rounds
 for round in $(seq "$ROUNDS"); do
-    gp=$(rps GET key:__rand_int__)
+    gp=$(rps_on "$PLAIN_PORT" GET key:__rand_int__)
+    gm=$(rps GET key:__rand_int__)
     gn=$(rps NSCACHE.GET bench __rand_int__)
     fn=$(rps NSCACHE.FETCH bench __rand_int__ 1000)
-    sp=$(rps SET key:__rand_int__ "$VALUE" EX 3600)
+    sp=$(rps_on "$PLAIN_PORT" SET key:__rand_int__ "$VALUE" EX 3600)
+    sm=$(rps SET key:__rand_int__ "$VALUE" EX 3600)
     sn=$(rps NSCACHE.SET bench __rand_int__ 3600 "$VALUE")
     fg=0 fs=0
     if [ ${#FLOOR[@]} -gt 0 ]; then
         fg=$(rps FLOOR.GET key:__rand_int__)
         fs=$(rps FLOOR.NSGET floor __rand_int__)
     fi
-    echo "$gp $gn $fn $sp $sn $fg $fs" >> "$rounds_file"
-    echo "    round $round: GET $gp / $gn ($(ratio "$gn" "$gp")), FETCH $fn ($(ratio "$fn" "$gp")), SET $sp / $sn ($(ratio "$sn" "$sp")), floor GET $(ratio "$fg" "$gp"), floor NSGET $(ratio "$fs" "$gp")"
+    echo "$gp $gn $fn $sp $sn $fg $fs $gm $sm" >> "$rounds_file"
+    echo "    round $round: GET $gp / $gn ($(ratio "$gn" "$gp")), FETCH $fn ($(ratio "$fn" "$gp")), SET $sp / $sn ($(ratio "$sn" "$sp")), floor GET $(ratio "$fg" "$gp"), floor NSGET $(ratio "$fs" "$gp"), plain on the nscache server: GET $(ratio "$gm" "$gp"), SET $(ratio "$sm" "$sp")"
 done
 # Medians of each ratio over the rounds (each round's plain run is its own baseline).
 median_ratio() { # column of the numerator, column of the denominator
@@ -107,9 +130,10 @@ median_ratio() { # column of the numerator, column of the denominator
 }
 median_of() { awk -v c="$1" '{print $c}' "$rounds_file" | sort -g | awk '{v[NR] = $1} END {printf "%d", v[int((NR + 1) / 2)]}'; }
 get_plain=$(median_of 1) get_ns=$(median_of 2) fetch_ns=$(median_of 3) set_plain=$(median_of 4) set_ns=$(median_of 5)
-floor_get=$(median_of 6) floor_nsget=$(median_of 7)
+floor_get=$(median_of 6) floor_nsget=$(median_of 7) get_mod=$(median_of 8) set_mod=$(median_of 9)
 r_get=$(median_ratio 2 1) r_fetch=$(median_ratio 3 1) r_set=$(median_ratio 5 4)
 r_floor_get=$(median_ratio 6 1) r_floor_nsget=$(median_ratio 7 1)
+r_get_mod=$(median_ratio 8 1) r_set_mod=$(median_ratio 9 4)
 all_rounds=$(awk '{printf "%s%.2f/%.2f/%.2f", (NR > 1 ? "; " : ""), $2/$1, $3/$1, $5/$4}' "$rounds_file")
 get_lua=$(rps EVALSHA "$SHA" 3 key:__rand_int__ stats:bench hot:bench __rand_int__)
 ns_stats=$(rc nscache.stats bench json)
@@ -159,7 +183,9 @@ mkdir -p "$(dirname "$RESULTS")"
     echo
     echo "Machine: $(nproc) cores ($cpu), $mem RAM, redis-server $redis_version, loopback."
     echo "Load: \`redis-benchmark -P 16 -c 50 -n $REQUESTS -r $KEYS\`, $KEYS preloaded keys, ${VALUE_BYTES}-byte values;"
-    echo "$pinning. Load average before the runs: $load_before."
+    echo "$pinning. Plain Redis is a second redis-server without modules on the same core, holding"
+    echo "as many keys (plain strings) as the nscache server."
+    echo "Load average before the runs: $load_before."
     echo "Throughput: $ROUNDS interleaved rounds, each nscache run divided by the plain run of its own round;"
     echo "req/s columns are medians, ratios are the median of the per-round ratios. Every round's GET/FETCH/SET"
     echo "ratios: $all_rounds."
@@ -169,6 +195,8 @@ mkdir -p "$(dirname "$RESULTS")"
     echo "| GET, req/s | $get_plain | $get_ns | $get_lua | $r_get | $(ratio "$get_ns" "$get_lua") | ≥ 0.90× plain: $(check "$r_get" 0.90 '>='); ≥ 3× Lua: $(check "$(ratio "$get_ns" "$get_lua")" 3 '>=') |"
     echo "| FETCH (hit), req/s, vs plain GET | $get_plain | $fetch_ns | | $r_fetch | | ≥ 0.90×: $(check "$r_fetch" 0.90 '>=') |"
     echo "| SET with ttl, req/s | $set_plain | $set_ns | | $r_set | | ≥ 0.90×: $(check "$r_set" 0.90 '>=') |"
+    echo "| plain GET on the nscache server (what loading nscache costs other commands), req/s | $get_plain | $get_mod | | $r_get_mod | | |"
+    echo "| plain SET EX on the nscache server, req/s | $set_plain | $set_mod | | $r_set_mod | | |"
     if [ ${#FLOOR[@]} -gt 0 ]; then
         echo "| yardstick: FLOOR.GET key (a module's bare read), req/s, vs plain GET | $get_plain | $floor_get | | $r_floor_get | | |"
         echo "| yardstick: FLOOR.NSGET ns key (bare read of \`ns:{key}\`), req/s, vs plain GET | $get_plain | $floor_nsget | | $r_floor_nsget | | |"
