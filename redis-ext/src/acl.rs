@@ -20,7 +20,7 @@ use std::ffi::CStr;
 use std::ptr;
 use std::sync::{Arc, Mutex};
 
-use redis_module::{raw, Context, ContextFlags, RedisString};
+use redis_module::{raw, Context, ContextFlags, RedisString, RedisValue};
 
 use crate::caller_cache::{self, Table};
 use crate::error::{CacheError, CacheResult};
@@ -152,8 +152,11 @@ enum Who {
 
 /// A handle of an ACL user from `RedisModule_GetModuleUserFromUserName`,
 /// freed when the last reference goes. Freeing it frees the handle only,
-/// never the user, so it is safe even after the user was deleted (the
-/// handle is then never used again: its epoch is over, see [`caller_cache`]).
+/// never the user, so it is safe even after the user was deleted. The handle
+/// is then never used again: the `ACL DELUSER` started a new epoch (see
+/// [`caller_cache`]), except inside `EXEC`, where no filter runs between the
+/// queued commands, which is why the cache is not used there at all: a
+/// handle remembered earlier in the same `EXEC` would point to freed memory.
 pub struct UserHandle(*mut raw::RedisModuleUser);
 
 // SAFETY: handles are created, used and freed only by commands, which Redis
@@ -221,7 +224,10 @@ pub unsafe extern "C" fn on_any_command(fctx: *mut raw::RedisModuleCommandFilter
             return false;
         }
         // SAFETY: Redis returned `len` readable bytes.
-        caller_cache::keeps_epoch(unsafe { std::slice::from_raw_parts(bytes.cast::<u8>(), len) })
+        caller_cache::keeps_epoch(
+            unsafe { std::slice::from_raw_parts(bytes.cast::<u8>(), len) },
+            caller_cache::allowed_data_commands(),
+        )
     })
     .unwrap_or(false);
     if !keep {
@@ -230,18 +236,73 @@ pub unsafe extern "C" fn on_any_command(fctx: *mut raw::RedisModuleCommandFilter
 }
 
 /// Registers [`on_any_command`]; the module must not load without it, or the
-/// cache could outlive a change of user.
+/// cache could outlive a change of user. `NOSELF`: nscache's own internal call
+/// (the probe of [`has_attached_user`]) changes no user, and would otherwise
+/// forget every remembered user whenever a script runs an nscache command.
 pub fn register_command_filter(ctx: &Context) -> Result<(), String> {
+    let noself = i32::try_from(raw::REDISMODULE_CMDFILTER_NOSELF).unwrap_or(1);
     // SAFETY: called from OnLoad with its context; the callback lives as long
     // as the module.
     let filter = unsafe {
-        raw::RedisModule_RegisterCommandFilter
-            .map_or(ptr::null_mut(), |f| f(ctx.ctx, Some(on_any_command), 0))
+        raw::RedisModule_RegisterCommandFilter.map_or(ptr::null_mut(), |f| {
+            f(ctx.ctx, Some(on_any_command), noself)
+        })
     };
     if filter.is_null() {
         Err("RedisModule_RegisterCommandFilter failed".into())
     } else {
         Ok(())
+    }
+}
+
+/// Decides, at load, which of [`caller_cache::DATA_COMMANDS`] keep the epoch:
+/// those whose name still belongs to a plain data command, as `COMMAND INFO`
+/// describes it (`rename-command` could have put `AUTH` under `get`).
+/// Returns the names refused.
+pub fn check_data_commands(ctx: &Context) -> Vec<String> {
+    let mut allowed = 0u64;
+    let mut refused = Vec::new();
+    for (i, name) in caller_cache::DATA_COMMANDS.iter().enumerate() {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let plain = match ctx.call("COMMAND", &["INFO", name.as_str()]) {
+            Ok(RedisValue::Array(infos)) => match infos.first() {
+                Some(RedisValue::Array(info)) => describes_data_command(info),
+                _ => false,
+            },
+            _ => false,
+        };
+        if plain {
+            allowed |= 1 << i;
+        } else {
+            refused.push(name);
+        }
+    }
+    caller_cache::allow_data_commands(allowed);
+    refused
+}
+
+/// Whether one `COMMAND INFO` entry (name, arity, flags, first, last, step,
+/// categories, tips, key specs, subcommands) is a plain data command.
+fn describes_data_command(info: &[RedisValue]) -> bool {
+    let categories: Vec<&str> = match info.get(6) {
+        Some(RedisValue::Array(items)) => items.iter().filter_map(value_str).collect(),
+        _ => return false,
+    };
+    let has_subcommands = match info.get(9) {
+        Some(RedisValue::Array(items)) => !items.is_empty(),
+        None => false,
+        Some(_) => true,
+    };
+    caller_cache::is_plain_data_command(&categories, has_subcommands)
+}
+
+/// The text of a string reply, whichever way the crate converted it.
+fn value_str(value: &RedisValue) -> Option<&str> {
+    match value {
+        RedisValue::SimpleString(s) | RedisValue::BulkString(s) => Some(s),
+        RedisValue::SimpleStringStatic(s) => Some(s),
+        RedisValue::StringBuffer(bytes) => std::str::from_utf8(bytes).ok(),
+        _ => None,
     }
 }
 

@@ -10,8 +10,8 @@
 //! ones, or another module's command that authenticates its caller. So an
 //! entry is valid for one *epoch*, and a command filter starts a new epoch on
 //! every command other than nscache's own and a short list of core data
-//! commands ([`keeps_epoch`]): any other command, from any client, forgets
-//! every entry at once.
+//! commands checked at load ([`keeps_epoch`]): any other command, from any
+//! client, forgets every entry at once.
 //!
 //! Only the user *handle* is remembered, never a decision: each key is still
 //! checked against the user's current patterns (an `ACL SETUSER` edits the
@@ -42,30 +42,54 @@ pub fn bump_epoch() {
 }
 
 /// Whether a command leaves the epoch alone: nscache's own commands
-/// (`nscache.` followed by anything) and the frequent core data commands of
-/// [`DATA_COMMANDS`], in any case. None of them can authenticate a client or
-/// change, create or delete a user; every other command (`ACL`, `AUTH`,
-/// `HELLO`, `RESET`, `EXEC`, `EVAL`, `CONFIG`, any other module's command,
-/// an unknown name) starts a new epoch.
-pub fn keeps_epoch(name: &[u8]) -> bool {
-    const PREFIX: &[u8] = b"nscache.";
-    if name.len() > PREFIX.len() {
-        return name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX);
-    }
-    let mut lower = [0u8; 8];
+/// ([`NSCACHE_COMMANDS`], exactly) and those of the core data commands of
+/// [`DATA_COMMANDS`] that `allowed` has the bit of (see
+/// [`is_plain_data_command`]), in any case. None of them can authenticate a
+/// client or change, create or delete a user; every other command (`ACL`,
+/// `AUTH`, `HELLO`, `RESET`, `EXEC`, `EVAL`, `CONFIG`, any other module's
+/// command, an unknown name) starts a new epoch.
+pub fn keeps_epoch(name: &[u8], allowed: u64) -> bool {
+    let mut lower = [0u8; 20];
     let Some(dest) = lower.get_mut(..name.len()) else {
         return false;
     };
     dest.copy_from_slice(name);
     dest.make_ascii_lowercase();
-    DATA_COMMANDS.contains(&&*dest)
+    let name = &*dest;
+    if name.len() > 8 {
+        return NSCACHE_COMMANDS.contains(&name);
+    }
+    DATA_COMMANDS
+        .iter()
+        .position(|&data| data == name)
+        .is_some_and(|i| allowed & (1 << i) != 0)
 }
+
+/// nscache's commands (a command of another module whose name merely starts
+/// with `nscache.` is not one of them).
+pub const NSCACHE_COMMANDS: [&[u8]; 13] = [
+    b"nscache.set",
+    b"nscache.get",
+    b"nscache.mget",
+    b"nscache.fetch",
+    b"nscache.del",
+    b"nscache.ttl",
+    b"nscache.invalidate",
+    b"nscache.stats",
+    b"nscache.topkeys",
+    b"nscache.resetstats",
+    b"nscache.forget",
+    b"nscache.keyname",
+    b"nscache.restoreentry",
+];
 
 /// Core commands that only read or write data (at most 8 bytes long), so a
 /// workload mixing them with nscache commands keeps its remembered users.
-/// Scripts and transactions are left out on purpose (`EXEC` may run a queued
-/// `AUTH`), as is every administrative command.
-pub const DATA_COMMANDS: [&[u8]; 40] = [
+/// Scripts, transactions and connection commands are left out on purpose
+/// (`EXEC` may run a queued `AUTH`), as is every administrative command. At
+/// load, each name is kept only if the command Redis has under it still is a
+/// data command (`rename-command` could have put `AUTH` there).
+pub const DATA_COMMANDS: [&[u8]; 39] = [
     b"get",
     b"set",
     b"setex",
@@ -105,8 +129,40 @@ pub const DATA_COMMANDS: [&[u8]; 40] = [
     b"zrem",
     b"zincrby",
     b"publish",
-    b"ping",
 ];
+
+/// Whether what `COMMAND INFO` says of a command makes it a plain data
+/// command: no subcommands, in `@read`, `@write` or `@pubsub`, and in none of
+/// the categories of commands that touch connections, users, scripts,
+/// transactions or the server (`@connection`, `@admin`, `@dangerous`,
+/// `@scripting`, `@transaction`).
+pub fn is_plain_data_command(categories: &[&str], has_subcommands: bool) -> bool {
+    const REFUSED: [&str; 5] = [
+        "@connection",
+        "@admin",
+        "@dangerous",
+        "@scripting",
+        "@transaction",
+    ];
+    const DATA: [&str; 3] = ["@read", "@write", "@pubsub"];
+    !has_subcommands
+        && categories.iter().any(|c| DATA.contains(c))
+        && !categories.iter().any(|c| REFUSED.contains(c))
+}
+
+/// The bits of [`DATA_COMMANDS`] checked at load (none before: every command
+/// starts a new epoch until then).
+static DATA_ALLOWED: AtomicU64 = AtomicU64::new(0);
+
+/// The data commands that keep the epoch, as checked at load.
+pub fn allowed_data_commands() -> u64 {
+    DATA_ALLOWED.load(Ordering::Relaxed)
+}
+
+/// Sets which data commands keep the epoch (bit `i`: `DATA_COMMANDS[i]`).
+pub fn allow_data_commands(mask: u64) {
+    DATA_ALLOWED.store(mask, Ordering::Relaxed);
+}
 
 /// One remembered client.
 struct Slot<H> {
@@ -222,6 +278,8 @@ mod tests {
         assert!(epoch() > before);
     }
 
+    const ALL: u64 = (1 << DATA_COMMANDS.len()) - 1;
+
     #[test]
     fn commands_that_can_change_a_user_start_a_new_epoch() {
         for name in [
@@ -231,7 +289,7 @@ mod tests {
             b"GET",
             b"hset",
         ] {
-            assert!(keeps_epoch(name), "{name:?}");
+            assert!(keeps_epoch(name, ALL), "{name:?}");
         }
         for name in [
             &b"acl"[..],
@@ -245,22 +303,76 @@ mod tests {
             b"client",
             b"config",
             b"module",
+            b"ping",
+            b"select",
             b"nscache.",
             b"nscache",
             b"nscachexget",
+            b"nscache.auth",
+            b"nscache|no-such-command",
             b"mymodule.auth",
             b"getxxxxxx",
+            b"a name longer than the buffer",
             b"",
         ] {
-            assert!(!keeps_epoch(name), "{name:?}");
+            assert!(!keeps_epoch(name, ALL), "{name:?}");
         }
     }
 
     #[test]
-    fn the_data_commands_are_lower_case_and_fit_the_buffer() {
+    fn a_data_command_not_checked_at_load_starts_a_new_epoch() {
+        let get = DATA_COMMANDS
+            .iter()
+            .position(|&c| c == b"get")
+            .unwrap_or(usize::MAX);
+        assert!(!keeps_epoch(b"get", 0));
+        assert!(!keeps_epoch(b"get", ALL & !(1 << get)));
+        assert!(keeps_epoch(b"get", 1 << get));
+        assert!(!keeps_epoch(b"set", 1 << get));
+        // nscache's own commands need no check.
+        assert!(keeps_epoch(b"nscache.get", 0));
+    }
+
+    #[test]
+    fn only_plain_data_commands_pass_the_load_check() {
+        // What Redis 7.0 says of GET, SET, PUBLISH.
+        assert!(is_plain_data_command(&["@read", "@string", "@fast"], false));
+        assert!(is_plain_data_command(
+            &["@write", "@string", "@slow"],
+            false
+        ));
+        assert!(is_plain_data_command(&["@pubsub", "@fast"], false));
+        // AUTH, SELECT, EXEC, EVAL, CONFIG, FLUSHALL renamed to a data name.
+        assert!(!is_plain_data_command(&["@fast", "@connection"], false));
+        assert!(!is_plain_data_command(&["@fast", "@connection"], false));
+        assert!(!is_plain_data_command(&["@slow", "@transaction"], false));
+        assert!(!is_plain_data_command(&["@slow", "@scripting"], false));
+        assert!(!is_plain_data_command(
+            &["@admin", "@slow", "@dangerous"],
+            false
+        ));
+        assert!(!is_plain_data_command(
+            &["@keyspace", "@write", "@slow", "@dangerous"],
+            false
+        ));
+        // A container (ACL, CLIENT, ...) says little of its subcommands.
+        assert!(!is_plain_data_command(&["@slow"], true));
+        assert!(!is_plain_data_command(&["@write"], true));
+        // Nothing known: refused.
+        assert!(!is_plain_data_command(&[], false));
+    }
+
+    #[test]
+    fn the_command_lists_are_lower_case_and_fit_their_buffers() {
+        assert!(DATA_COMMANDS.len() <= 64, "one bit each in a u64");
         for name in DATA_COMMANDS {
             assert!(name.len() <= 8 && !name.is_empty(), "{name:?}");
             assert!(name.iter().all(u8::is_ascii_lowercase), "{name:?}");
+        }
+        for name in NSCACHE_COMMANDS {
+            assert!(name.len() > 8 && name.len() <= 20, "{name:?}");
+            assert!(name.starts_with(b"nscache."), "{name:?}");
+            assert!(!name.iter().any(u8::is_ascii_uppercase), "{name:?}");
         }
     }
 }

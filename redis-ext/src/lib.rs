@@ -74,6 +74,23 @@ mod module {
                 return Status::Err;
             }
             // Keeps the remembered users of clients honest (caller_cache).
+            let refused = crate::acl::check_data_commands(ctx);
+            if !refused.is_empty() {
+                crate::log::warning(&format!(
+                    "nscache: these commands forget the remembered ACL users, as they are \
+                     not the plain data commands of that name here: {}",
+                    refused.join(" ")
+                ));
+            }
+            for command in COMMANDS {
+                let name = command.name.to_bytes().to_ascii_lowercase();
+                if !crate::caller_cache::NSCACHE_COMMANDS.contains(&name.as_slice()) {
+                    crate::log::warning(&format!(
+                        "nscache: {} is missing from caller_cache::NSCACHE_COMMANDS",
+                        command.name.to_string_lossy()
+                    ));
+                }
+            }
             if let Err(why) = crate::acl::register_command_filter(ctx) {
                 crate::log::warning(&format!("nscache: {why}"));
                 return Status::Err;

@@ -887,3 +887,52 @@ fn scripts_of_two_users_in_turn_each_run_with_their_callers_permissions() {
         }
     }
 }
+
+// 9. A data command's name given to another command by rename-command.
+
+/// The helper-found hole: with `rename-command auth get`, the name `get` runs
+/// AUTH. At load nscache asks `COMMAND INFO` what each data name runs and
+/// lets only real data commands keep the remembered users, so the renamed
+/// AUTH is seen like any AUTH.
+#[test]
+fn a_renamed_auth_under_a_data_commands_name_is_still_seen() {
+    let server = RedisServer::start_with(&[
+        "--rename-command",
+        "get",
+        "",
+        "--rename-command",
+        "auth",
+        "get",
+    ]);
+    let mut conn = server.conn();
+    add_user(&mut conn, "admin", &["~*"]);
+    add_user(&mut conn, "a", &["~tenantA:*"]);
+    add_user(&mut conn, "b", &["~tenantB:*"]);
+    // Logging in goes through the renamed AUTH.
+    let mut admin = server.conn();
+    let ok = run(&mut admin, &["get", "admin", PASSWORD]).expect("renamed AUTH as admin");
+    assert!(word(&ok, "OK"), "{ok:?}");
+    for (ns, value) in SEEDED {
+        let reply = run(&mut admin, &["NSCACHE.SET", ns, KEY, "600", value]).expect("seed");
+        assert!(word(&reply, "OK"), "seed {ns}: {reply:?}");
+    }
+    assert!(
+        server
+            .log()
+            .contains("not the plain data commands of that name here: get"),
+        "the load check must name `get`:\n{}",
+        server.log()
+    );
+
+    let mut client = server.conn();
+    let ok = run(&mut client, &["get", "a", PASSWORD]).expect("renamed AUTH as a");
+    assert!(word(&ok, "OK"), "{ok:?}");
+    warm(&mut client, "tenantA");
+    let ok = run(&mut client, &["get", "b", PASSWORD]).expect("renamed AUTH as b");
+    assert!(word(&ok, "OK"), "{ok:?}");
+    assert_get_refused(&mut client, "tenantA", "after the renamed AUTH as b");
+    assert_get_allowed(&mut client, "tenantB", "after the renamed AUTH as b");
+    // Only now: ACL WHOAMI would start a new epoch itself.
+    let whoami = run(&mut client, &["ACL", "WHOAMI"]).expect("ACL WHOAMI");
+    assert!(bulk(&whoami, "b"), "{whoami:?}");
+}
