@@ -76,9 +76,12 @@ pipe_load() { awk "$1" | rc --pipe >/dev/null; }
 rps() { # runs one redis-benchmark command on the nscache server, prints requests per second
     rps_on "$PORT" "$@"
 }
-rps_on() { # the same on the server listening on port $1
+rps_on() { # the same on the server listening on port $1, after an unmeasured warm-up
     local port=$1
     shift
+    # A tenth of the requests first, so the measured run does not pay for
+    # caches the previous run (maybe on the other server) left cold.
+    "${CLIENT_CPU[@]}" redis-benchmark -P 16 -c 50 -n $((REQUESTS / 10 + 1)) -r "$KEYS" -q -p "$port" "$@" >/dev/null 2>&1 || true
     "${BENCH[@]}" -p "$port" "$@" 2>/dev/null | tr '\r' '\n' | awk '/requests per second/ {for (i=1;i<=NF;i++) if ($(i+1) ~ /^requests/) v=$i} END {print v+0}'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -90,10 +93,15 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "==> preloading $KEYS keys (plain strings and nscache entries)"
 pipe_load "BEGIN { for (i = 0; i < $KEYS; i++) printf \"SET key:%012d $VALUE EX 3600\r\n\", i }"
 # The plain server holds as many keys as the nscache server (fill:* stand for
-# the nscache entries, floor:* for the yardstick's), so both look keys up in a
-# table of the same size.
-awk "BEGIN { for (i = 0; i < $KEYS; i++) printf \"SET key:%012d $VALUE EX 3600\r\nSET fill:{%012d} $VALUE EX 3600\r\nSET floor:{%012d} $VALUE EX 3600\r\n\", i, i, i }" \
-    | redis-cli -p "$PLAIN_PORT" --pipe >/dev/null
+# the nscache entries, floor:* for the yardstick's), loaded in the same order,
+# so both look keys up in tables of the same size and the key:* values lie as
+# close together in memory on both (interleaving them with the others spread
+# them over three times the memory and made plain GET ~10% slower).
+for set in key: 'fill:{' 'floor:{'; do
+    close=''; [ "$set" = key: ] || close='}'
+    awk "BEGIN { for (i = 0; i < $KEYS; i++) printf \"SET $set%012d$close $VALUE EX 3600\r\n\", i }" \
+        | redis-cli -p "$PLAIN_PORT" --pipe >/dev/null
+done
 pipe_load "BEGIN { for (i = 0; i < $KEYS; i++) printf \"NSCACHE.SET bench %012d 3600 $VALUE\r\n\", i }"
 pipe_load "BEGIN { for (i = 0; i < $KEYS; i++) printf \"SET floor:{%012d} $VALUE EX 3600\r\n\", i }"
 
@@ -107,21 +115,35 @@ echo "==> throughput ($REQUESTS requests, -P 16 -c 50, $ROUNDS interleaved round
 # Each round runs plain and nscache back to back, so both see the same machine;
 # the round with the median GET ratio is reported, and every round's ratios.
 rounds_file=$WORK/rounds
+# The runs of a round, in order; even rounds run them backwards, so a drift of
+# the machine's speed during a round does not always favour the same side.
+RUNS=(gp gm gn fn sp sm sn)
+[ ${#FLOOR[@]} -gt 0 ] && RUNS+=(fg fs fw)
+measure() { # one run, by its short name
+    case $1 in
+        gp) rps_on "$PLAIN_PORT" GET key:__rand_int__ ;;
+        gm) rps GET key:__rand_int__ ;;
+        gn) rps NSCACHE.GET bench __rand_int__ ;;
+        fn) rps NSCACHE.FETCH bench __rand_int__ 1000 ;;
+        sp) rps_on "$PLAIN_PORT" SET key:__rand_int__ "$VALUE" EX 3600 ;;
+        sm) rps SET key:__rand_int__ "$VALUE" EX 3600 ;;
+        sn) rps NSCACHE.SET bench __rand_int__ 3600 "$VALUE" ;;
+        fg) rps FLOOR.GET key:__rand_int__ ;;
+        fs) rps FLOOR.NSGET floor __rand_int__ ;;
+        fw) rps FLOOR.NSSET floor __rand_int__ 3600 "$VALUE" ;;
+    esac
+}
 for round in $(seq "$ROUNDS"); do
-    gp=$(rps_on "$PLAIN_PORT" GET key:__rand_int__)
-    gm=$(rps GET key:__rand_int__)
-    gn=$(rps NSCACHE.GET bench __rand_int__)
-    fn=$(rps NSCACHE.FETCH bench __rand_int__ 1000)
-    sp=$(rps_on "$PLAIN_PORT" SET key:__rand_int__ "$VALUE" EX 3600)
-    sm=$(rps SET key:__rand_int__ "$VALUE" EX 3600)
-    sn=$(rps NSCACHE.SET bench __rand_int__ 3600 "$VALUE")
-    fg=0 fs=0
-    if [ ${#FLOOR[@]} -gt 0 ]; then
-        fg=$(rps FLOOR.GET key:__rand_int__)
-        fs=$(rps FLOOR.NSGET floor __rand_int__)
+    declare -A got=([fg]=0 [fs]=0 [fw]=0)
+    order=("${RUNS[@]}")
+    if [ $((round % 2)) = 0 ]; then
+        order=()
+        for ((i = ${#RUNS[@]} - 1; i >= 0; i--)); do order+=("${RUNS[$i]}"); done
     fi
-    echo "$gp $gn $fn $sp $sn $fg $fs $gm $sm" >> "$rounds_file"
-    echo "    round $round: GET $gp / $gn ($(ratio "$gn" "$gp")), FETCH $fn ($(ratio "$fn" "$gp")), SET $sp / $sn ($(ratio "$sn" "$sp")), floor GET $(ratio "$fg" "$gp"), floor NSGET $(ratio "$fs" "$gp"), plain on the nscache server: GET $(ratio "$gm" "$gp"), SET $(ratio "$sm" "$sp")"
+    for run in "${order[@]}"; do got[$run]=$(measure "$run"); done
+    gp=${got[gp]} gm=${got[gm]} gn=${got[gn]} fn=${got[fn]} sp=${got[sp]} sm=${got[sm]} sn=${got[sn]} fg=${got[fg]} fs=${got[fs]} fw=${got[fw]}
+    echo "$gp $gn $fn $sp $sn $fg $fs $gm $sm $fw" >> "$rounds_file"
+    echo "    round $round: GET $gp / $gn ($(ratio "$gn" "$gp")), FETCH $fn ($(ratio "$fn" "$gp")), SET $sp / $sn ($(ratio "$sn" "$sp")), floor GET $(ratio "$fg" "$gp"), floor NSGET $(ratio "$fs" "$gp"), floor NSSET $(ratio "$fw" "$sp"), plain on the nscache server: GET $(ratio "$gm" "$gp"), SET $(ratio "$sm" "$sp")"
 done
 # Medians of each ratio over the rounds (each round's plain run is its own baseline).
 median_ratio() { # column of the numerator, column of the denominator
@@ -134,6 +156,7 @@ floor_get=$(median_of 6) floor_nsget=$(median_of 7) get_mod=$(median_of 8) set_m
 r_get=$(median_ratio 2 1) r_fetch=$(median_ratio 3 1) r_set=$(median_ratio 5 4)
 r_floor_get=$(median_ratio 6 1) r_floor_nsget=$(median_ratio 7 1)
 r_get_mod=$(median_ratio 8 1) r_set_mod=$(median_ratio 9 4)
+floor_nsset=$(median_of 10) r_floor_nsset=$(median_ratio 10 4)
 all_rounds=$(awk '{printf "%s%.2f/%.2f/%.2f", (NR > 1 ? "; " : ""), $2/$1, $3/$1, $5/$4}' "$rounds_file")
 get_lua=$(rps EVALSHA "$SHA" 3 key:__rand_int__ stats:bench hot:bench __rand_int__)
 ns_stats=$(rc nscache.stats bench json)
@@ -186,7 +209,8 @@ mkdir -p "$(dirname "$RESULTS")"
     echo "$pinning. Plain Redis is a second redis-server without modules on the same core, holding"
     echo "as many keys (plain strings) as the nscache server."
     echo "Load average before the runs: $load_before."
-    echo "Throughput: $ROUNDS interleaved rounds, each nscache run divided by the plain run of its own round;"
+    echo "Throughput: $ROUNDS interleaved rounds (even ones in reverse order), every run after an unmeasured"
+    echo "warm-up of a tenth of its requests, each nscache run divided by the plain run of its own round;"
     echo "req/s columns are medians, ratios are the median of the per-round ratios. Every round's GET/FETCH/SET"
     echo "ratios: $all_rounds."
     echo
@@ -200,13 +224,16 @@ mkdir -p "$(dirname "$RESULTS")"
     if [ ${#FLOOR[@]} -gt 0 ]; then
         echo "| yardstick: FLOOR.GET key (a module's bare read), req/s, vs plain GET | $get_plain | $floor_get | | $r_floor_get | | |"
         echo "| yardstick: FLOOR.NSGET ns key (bare read of \`ns:{key}\`), req/s, vs plain GET | $get_plain | $floor_nsget | | $r_floor_nsget | | |"
+        echo "| yardstick: FLOOR.NSSET ns key ttl value (bare write with ttl, replicated with its absolute expiry), req/s, vs plain SET EX | $set_plain | $floor_nsset | | $r_floor_nsset | | |"
     fi
     echo "| invalidate $BIG entries, server time | SCAN+UNLINK: ${scan_usec} µs in server, ${scan_wall_ms} ms wall | INVALIDATE: ${inv_usec} µs | | | | < 1000 µs: $(check "$inv_usec" 1000 '<=') |"
     echo "| memory per entry (used_memory delta) | $plain_per B | $ns_per B | | +$(( ns_per - plain_per )) B | | ≤ +32 B: $(check $(( ns_per - plain_per )) 32 '<=') |"
     echo
     echo "The yardsticks (bench/floor/floor.c) read a plain string through the module API with nothing"
     echo "else: no statistics, no ACL check, no type of their own. FLOOR.NSGET is the most any"
-    echo "namespaced module read can reach; nscache pays it plus its own work."
+    echo "namespaced module read can reach, FLOOR.NSSET the most a namespaced module write with a"
+    echo "relative ttl can (it must replicate the absolute expiry, as SET EX does); nscache pays"
+    echo "them plus its own work."
     echo "The Lua alternative is \`EVALSHA\` of GET + HINCRBY of a stats hash + ZINCRBY of a hot-key"
     echo "sorted set. nscache ran with every statistic on (counters, top-K, both latency histograms)."
     echo "\`bytes\` reported by nscache for the $BIG-entry namespace: $ns_bytes_stat ($(( ns_bytes_stat / BIG )) B per entry, as MEMORY USAGE counts a key)."

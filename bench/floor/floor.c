@@ -9,9 +9,16 @@
  * FLOOR.NSGET ns key    the same for the name `ns:{key}`, built per call:
  *                       adds what any namespaced read pays (a third
  *                       argument, a key name string object).
+ * FLOOR.NSSET ns key ttl value
+ *                       stores `value` as a plain string under `ns:{key}`
+ *                       with a ttl in seconds, replicated as itself plus the
+ *                       absolute expiry (PEXPIREAT), as any module write with
+ *                       a relative ttl must be for replicas and the AOF to
+ *                       agree with the primary.
  *
  * No statistics, no ACL check, no type of its own: nscache does all three on
- * top, so its ratio to plain GET cannot be better than FLOOR.NSGET's.
+ * top, so its ratios to plain GET and SET EX cannot be better than
+ * FLOOR.NSGET's and FLOOR.NSSET's.
  */
 #include <string.h>
 
@@ -35,22 +42,51 @@ static int floor_get(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     return reply_string_key(ctx, argv[1]);
 }
 
+static size_t stored_name(RedisModuleString *nsarg, RedisModuleString *keyarg, char *buf, size_t room);
+
 static int floor_nsget(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     if (argc != 3) return RedisModule_WrongArity(ctx);
-    size_t ns_len = 0, key_len = 0;
-    const char *ns = RedisModule_StringPtrLen(argv[1], &ns_len);
-    const char *k = RedisModule_StringPtrLen(argv[2], &key_len);
     char buf[256];
-    if (ns_len + key_len + 3 > sizeof(buf)) return RedisModule_ReplyWithError(ctx, "ERR too long");
+    size_t len = stored_name(argv[1], argv[2], buf, sizeof(buf));
+    if (len == 0) return RedisModule_ReplyWithError(ctx, "ERR too long");
+    RedisModuleString *name = RedisModule_CreateString(ctx, buf, len);
+    int status = reply_string_key(ctx, name);
+    RedisModule_FreeString(ctx, name);
+    return status;
+}
+
+/* Writes "ns:{key}" into buf (room for len bytes); returns the name's length, or 0. */
+static size_t stored_name(RedisModuleString *nsarg, RedisModuleString *keyarg, char *buf, size_t room) {
+    size_t ns_len = 0, key_len = 0;
+    const char *ns = RedisModule_StringPtrLen(nsarg, &ns_len);
+    const char *k = RedisModule_StringPtrLen(keyarg, &key_len);
+    if (ns_len + key_len + 3 > room) return 0;
     memcpy(buf, ns, ns_len);
     buf[ns_len] = ':';
     buf[ns_len + 1] = '{';
     memcpy(buf + ns_len + 2, k, key_len);
     buf[ns_len + 2 + key_len] = '}';
-    RedisModuleString *name = RedisModule_CreateString(ctx, buf, ns_len + key_len + 3);
-    int status = reply_string_key(ctx, name);
+    return ns_len + key_len + 3;
+}
+
+static int floor_nsset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+    if (argc != 5) return RedisModule_WrongArity(ctx);
+    long long ttl = 0;
+    if (RedisModule_StringToLongLong(argv[3], &ttl) != REDISMODULE_OK || ttl <= 0)
+        return RedisModule_ReplyWithError(ctx, "ERR bad ttl");
+    char buf[256];
+    size_t len = stored_name(argv[1], argv[2], buf, sizeof(buf));
+    if (len == 0) return RedisModule_ReplyWithError(ctx, "ERR too long");
+    RedisModuleString *name = RedisModule_CreateString(ctx, buf, len);
+    RedisModuleKey *key = RedisModule_OpenKey(ctx, name, REDISMODULE_WRITE);
+    RedisModule_StringSet(key, argv[4]);
+    long long at = RedisModule_Milliseconds() + ttl * 1000;
+    RedisModule_SetExpire(key, ttl * 1000);
+    RedisModule_CloseKey(key);
+    RedisModule_ReplicateVerbatim(ctx);
+    RedisModule_Replicate(ctx, "PEXPIREAT", "sl", name, at);
     RedisModule_FreeString(ctx, name);
-    return status;
+    return RedisModule_ReplyWithSimpleString(ctx, "OK");
 }
 
 int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
@@ -62,6 +98,9 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
         REDISMODULE_ERR)
         return REDISMODULE_ERR;
     if (RedisModule_CreateCommand(ctx, "floor.nsget", floor_nsget, "readonly fast", 2, 2, 1) ==
+        REDISMODULE_ERR)
+        return REDISMODULE_ERR;
+    if (RedisModule_CreateCommand(ctx, "floor.nsset", floor_nsset, "write deny-oom", 2, 2, 1) ==
         REDISMODULE_ERR)
         return REDISMODULE_ERR;
     return REDISMODULE_OK;
