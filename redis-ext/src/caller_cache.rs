@@ -49,20 +49,51 @@ pub fn bump_epoch() {
 /// `AUTH`, `HELLO`, `RESET`, `EXEC`, `EVAL`, `CONFIG`, any other module's
 /// command, an unknown name) starts a new epoch.
 pub fn keeps_epoch(name: &[u8], allowed: u64) -> bool {
-    let mut lower = [0u8; 20];
-    let Some(dest) = lower.get_mut(..name.len()) else {
+    // Runs for every command the server executes: no copy, no allocation;
+    // a name of up to 8 bytes is compared as one lower-cased word.
+    if let Some(word) = lower_word(name) {
+        return DATA_WORDS
+            .iter()
+            .position(|&data| data == word)
+            .is_some_and(|i| allowed & (1 << i) != 0);
+    }
+    let (Some(head), Some(rest)) = (name.get(..8), name.get(8..)) else {
         return false;
     };
-    dest.copy_from_slice(name);
-    dest.make_ascii_lowercase();
-    let name = &*dest;
-    if name.len() > 8 {
-        return NSCACHE_COMMANDS.contains(&name);
+    lower_word(head) == Some(NSCACHE_PREFIX)
+        && NSCACHE_COMMANDS
+            .iter()
+            .any(|command| command[8..].eq_ignore_ascii_case(rest))
+}
+
+/// `nscache.` as a lower-cased word.
+const NSCACHE_PREFIX: u64 = word_of(b"nscache.");
+
+/// [`DATA_COMMANDS`] as lower-cased words, in the same order.
+const DATA_WORDS: [u64; DATA_COMMANDS.len()] = {
+    let mut words = [0u64; DATA_COMMANDS.len()];
+    let mut i = 0;
+    while i < DATA_COMMANDS.len() {
+        words[i] = word_of(DATA_COMMANDS[i]);
+        i += 1;
     }
-    DATA_COMMANDS
-        .iter()
-        .position(|&data| data == name)
-        .is_some_and(|i| allowed & (1 << i) != 0)
+    words
+};
+
+/// Up to 8 bytes, lower-cased, as one little-endian word (0-padded).
+const fn word_of(bytes: &[u8]) -> u64 {
+    let mut word = 0u64;
+    let mut i = 0;
+    while i < bytes.len() && i < 8 {
+        word |= (bytes[i].to_ascii_lowercase() as u64) << (8 * i);
+        i += 1;
+    }
+    word
+}
+
+/// [`word_of`] for names of 1 to 8 bytes; `None` for longer (or empty) ones.
+fn lower_word(name: &[u8]) -> Option<u64> {
+    (!name.is_empty() && name.len() <= 8).then(|| word_of(name))
 }
 
 /// nscache's commands (a command of another module whose name merely starts
