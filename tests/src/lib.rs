@@ -7,6 +7,7 @@
 //! test process exits, and each [`TestDb`] drops its database on drop. Directories and
 //! servers left behind by a test process that was killed are reaped by the next one.
 
+pub mod acl;
 pub mod cli;
 pub mod nscache;
 pub mod pg_cluster;

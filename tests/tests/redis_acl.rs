@@ -7,11 +7,10 @@
 use std::time::Duration;
 
 use cachetx_shared::{CacheInvalidation, Envelope, InvalidationScope};
+use cachetx_tests::acl::{assert_noperm, bulk, login, run, word, PASSWORD};
 use cachetx_tests::nscache::{config_set, digest, info_field, key_range, key_spec_flags};
 use cachetx_tests::{RedisCluster, RedisServer};
 use redis::{Connection, RedisError, Value};
-
-const PASSWORD: &str = "pw";
 
 /// Every nscache command a client may run: the service recipe's commands.
 const ALL_COMMANDS: &[&str] = &[
@@ -52,34 +51,6 @@ fn add_user(conn: &mut Connection, name: &str, rules: &[&str]) {
         cmd.arg(*rule);
     }
     let () = cmd.query(conn).expect("ACL SETUSER");
-}
-
-/// A connection to `server` authenticated as `user`.
-fn login(server: &RedisServer, user: &str) -> Connection {
-    let url = format!("redis://{user}:{PASSWORD}@127.0.0.1:{}/", server.port());
-    redis::Client::open(url)
-        .expect("client URL")
-        .get_connection()
-        .unwrap_or_else(|e| panic!("log in as {user}: {e}"))
-}
-
-fn run(conn: &mut Connection, args: &[&str]) -> Result<Value, RedisError> {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query(conn)
-}
-
-/// Asserts `result` is the module's NOPERM naming namespace `prefix`.
-fn assert_noperm(result: Result<Value, RedisError>, prefix: &str, what: &str) {
-    let err = result.expect_err(&format!("{what}: must be refused"));
-    assert_eq!(err.code(), Some("NOPERM"), "{what}: {err}");
-    assert!(
-        err.to_string()
-            .contains(&format!("no permissions to access one of the keys used as arguments (nscache namespace '{prefix}')")),
-        "{what}: {err}"
-    );
 }
 
 /// One `ACL LOG` entry, as field/value pairs.
@@ -218,18 +189,6 @@ struct Case {
     changes: bool,
     /// Checks an allowed call's reply; the flag: the user may write `ns`.
     ok: fn(&Value, bool) -> bool,
-}
-
-fn bulk(v: &Value, want: &str) -> bool {
-    matches!(v, Value::BulkString(b) if b.as_slice() == want.as_bytes())
-}
-
-fn word(v: &Value, want: &str) -> bool {
-    match v {
-        Value::SimpleString(s) => s == want,
-        Value::Okay => want == "OK",
-        other => bulk(other, want),
-    }
 }
 
 fn is_token(v: &Value) -> bool {

@@ -18,10 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use cachetx_tests::acl::{
+    assert_noperm, bulk, login, login_resp3, noperm_text, run, word, PASSWORD,
+};
 use cachetx_tests::{wait_until, RedisServer};
 use redis::{Connection, RedisError, Value};
-
-const PASSWORD: &str = "pw";
 
 /// The key every namespace holds (seeded by [`start`]).
 const KEY: &str = "k";
@@ -71,64 +72,6 @@ fn edit_user(conn: &mut Connection, name: &str, rules: &[&str]) {
     let () = cmd
         .query(conn)
         .unwrap_or_else(|e| panic!("ACL SETUSER {name} {rules:?}: {e}"));
-}
-
-/// A RESP2 connection to `server` authenticated as `user`.
-fn login(server: &RedisServer, user: &str) -> Connection {
-    let url = format!("redis://{user}:{PASSWORD}@127.0.0.1:{}/", server.port());
-    redis::Client::open(url)
-        .expect("client URL")
-        .get_connection()
-        .unwrap_or_else(|e| panic!("log in as {user}: {e}"))
-}
-
-/// A RESP3 connection (`HELLO 3 AUTH` on connect) authenticated as `user`.
-fn login_resp3(server: &RedisServer, user: &str) -> Connection {
-    let url = format!(
-        "redis://{user}:{PASSWORD}@127.0.0.1:{}/?protocol=resp3",
-        server.port()
-    );
-    redis::Client::open(url)
-        .expect("client URL")
-        .get_connection()
-        .unwrap_or_else(|e| panic!("log in as {user} with RESP3: {e}"))
-}
-
-fn run(conn: &mut Connection, args: &[&str]) -> Result<Value, RedisError> {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query(conn)
-}
-
-/// The message of the module's NOPERM for namespace `prefix`.
-fn noperm_text(prefix: &str) -> String {
-    format!(
-        "no permissions to access one of the keys used as arguments (nscache namespace '{prefix}')"
-    )
-}
-
-/// Asserts `result` is the module's NOPERM naming namespace `prefix`.
-fn assert_noperm(result: Result<Value, RedisError>, prefix: &str, what: &str) {
-    let err = result.expect_err(&format!("{what}: must be refused"));
-    assert_eq!(err.code(), Some("NOPERM"), "{what}: {err}");
-    assert!(
-        err.to_string().contains(&noperm_text(prefix)),
-        "{what}: {err}"
-    );
-}
-
-fn bulk(v: &Value, want: &str) -> bool {
-    matches!(v, Value::BulkString(b) if b.as_slice() == want.as_bytes())
-}
-
-fn word(v: &Value, want: &str) -> bool {
-    match v {
-        Value::SimpleString(s) => s == want,
-        Value::Okay => want == "OK",
-        other => bulk(other, want),
-    }
 }
 
 /// `NSCACHE.GET ns k` on `conn`: must be allowed and answer the seeded value.
