@@ -333,7 +333,17 @@ impl Caller {
         let flags = ctx.get_flags();
         let replayed =
             flags.contains(ContextFlags::LOADING) || flags.contains(ContextFlags::REPLICATED);
-        let cacheable = !replayed && !flags.contains(ContextFlags::MULTI);
+        // Redis runs a module's RedisModule_Call (and EXEC's queued commands)
+        // on clients with DENY_BLOCKING. A module call's client comes from a
+        // pool and may carry a connected client's id: a thread-safe context
+        // of a blocked client copies the id into it, and the pool never
+        // resets it. Its id proves nothing, so it is neither remembered nor
+        // taken for that connection.
+        let borrowed = flags.contains(ContextFlags::DENY_BLOCKING);
+        let cacheable = caller_cache::enabled()
+            && !replayed
+            && !borrowed
+            && !flags.contains(ContextFlags::MULTI);
         let epoch = caller_cache::epoch();
         if cacheable {
             if let Some(user) = remembered(client, epoch) {
@@ -341,11 +351,11 @@ impl Caller {
             }
         }
         // SAFETY: a null info pointer only asks whether the client is
-        // connected (no allocation). Only connected clients are remembered:
-        // their ids are never shared (a script's or a module call's client
-        // runs as whoever calls it).
-        let connected =
-            unsafe { client_info(ptr::null_mut(), client) } == raw::REDISMODULE_OK as i32;
+        // connected (no allocation). Only connected clients running their own
+        // command are remembered (a script's or a module call's client runs
+        // as whoever calls it).
+        let connected = !borrowed
+            && unsafe { client_info(ptr::null_mut(), client) } == raw::REDISMODULE_OK as i32;
         let decision = if connected && !replayed {
             Identity::AttachedUser
         } else {

@@ -23,10 +23,31 @@
 //! reused by Redis, so an entry of a disconnected client is never matched
 //! again; it is dropped when its slot is taken.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Number of slots of the table (clients beyond it share slots).
 pub const SLOTS: usize = 4096;
+
+/// Whether users are remembered at all: only on servers older than 7.2, where
+/// every module call's client carries DENY_BLOCKING (from 7.2 on, a call
+/// with the `K` flag does not, and its pooled client may carry a connected
+/// client's id; see `acl::Caller::current`). Decided at load.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether remembered users may be used (see [`ENABLED`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Turns remembering on or off, from the server's version (`0x00MMmmpp`).
+pub fn enable_for_server_version(version: i32) {
+    ENABLED.store(supports(version), Ordering::Relaxed);
+}
+
+/// Whether a server of `version` (`0x00MMmmpp`) allows remembering users.
+pub fn supports(version: i32) -> bool {
+    (0x00_07_00_00..0x00_07_02_00).contains(&version)
+}
 
 /// The current epoch: entries stored under an older one are ignored.
 static EPOCH: AtomicU64 = AtomicU64::new(1);
@@ -300,6 +321,15 @@ mod tests {
         let last = 10 * SLOTS as u64 - 1;
         assert_eq!(table.get(last, 1), Some(last));
         assert_eq!(table.get(last - SLOTS as u64, 1), None);
+    }
+
+    #[test]
+    fn users_are_remembered_on_redis_7_0_and_7_1_only() {
+        assert!(supports(0x00_07_00_0f)); // 7.0.15
+        assert!(supports(0x00_07_01_ff));
+        assert!(!supports(0x00_07_02_00)); // RedisModule_Call's K flag
+        assert!(!supports(0x00_08_00_00));
+        assert!(!supports(0x00_06_02_00));
     }
 
     #[test]

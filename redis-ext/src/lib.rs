@@ -91,6 +91,10 @@ mod module {
                     ));
                 }
             }
+            // SAFETY: a plain query of the server, from OnLoad.
+            let version =
+                unsafe { redis_module::raw::RedisModule_GetServerVersion.map_or(0, |f| f()) };
+            crate::caller_cache::enable_for_server_version(version);
             if let Err(why) = crate::acl::register_command_filter(ctx) {
                 crate::log::warning(&format!("nscache: {why}"));
                 return Status::Err;

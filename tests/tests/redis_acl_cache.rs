@@ -879,3 +879,116 @@ fn a_renamed_auth_under_a_data_commands_name_is_still_seen() {
     let whoami = run(&mut client, &["ACL", "WHOAMI"]).expect("ACL WHOAMI");
     assert!(bulk(&whoami, "b"), "{whoami:?}");
 }
+
+// 10. Module calls on a pooled client that carries a connected client's id.
+
+/// Builds tests/modules/pool_probe.c into `dir` with the C compiler, against
+/// the redismodule.h of the redis-module crate the build fetched.
+fn build_pool_probe(dir: &Path) -> std::path::PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .expect("CARGO_HOME or HOME");
+    let registry = cargo_home.join("registry").join("src");
+    let header_dir = std::fs::read_dir(&registry)
+        .expect("the cargo registry")
+        .filter_map(Result::ok)
+        .map(|index| index.path().join("redis-module-2.0.8/src/include"))
+        .find(|dir| dir.join("redismodule.h").exists())
+        .expect("redismodule.h of redis-module 2.0.8 in the cargo registry");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("modules/pool_probe.c");
+    let out = dir.join("pool_probe.so");
+    let status = std::process::Command::new("cc")
+        .args(["-O1", "-fPIC", "-shared", "-o"])
+        .arg(&out)
+        .arg("-I")
+        .arg(&header_dir)
+        .arg(&source)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc {source:?} failed");
+    out
+}
+
+/// Waits for the probe's timer to have run, and returns its call's reply.
+fn probe_result(admin: &mut Connection) -> String {
+    let mut last = String::new();
+    wait_until(Duration::from_secs(10), "the probe's timer", || {
+        let reply = run(admin, &["PROBE.RESULT"]).expect("PROBE.RESULT");
+        last = match reply {
+            Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            other => format!("{other:?}"),
+        };
+        last != "pending"
+    });
+    last
+}
+
+/// Found by review: RedisModule_GetThreadSafeContext of a blocked client
+/// copies the client's id into a pooled module client, which keeps it. A
+/// later RedisModule_Call of another user then ran under alice's id: it was
+/// served alice's remembered user (bob read tenantA), or remembered bob's
+/// user for alice (alice lost tenantA and got tenantB), or, with no user at
+/// all, crashed redis-server (GetCurrentUserName of a client without one).
+#[test]
+fn a_module_call_carrying_a_connected_clients_id_is_never_taken_for_that_client() {
+    let dir = cachetx_tests::TempDir::new("pool-probe");
+    let probe = build_pool_probe(dir.path());
+    let probe = probe.to_str().expect("a UTF-8 path");
+    let server = RedisServer::start_with(&["--loadmodule", probe]);
+    let mut conn = server.conn();
+    add_user(&mut conn, "admin", &["~*"]);
+    add_user(&mut conn, "a", &["~tenantA:*"]);
+    add_user(&mut conn, "b", &["~tenantB:*"]);
+    drop(conn);
+    let mut admin = login(&server, "admin");
+    for (ns, value) in SEEDED {
+        let reply = run(&mut admin, &["NSCACHE.SET", ns, KEY, "600", value]).expect("seed");
+        assert!(word(&reply, "OK"), "seed {ns}: {reply:?}");
+    }
+    let mut alice = login(&server, "a");
+    let mut bob = login(&server, "b");
+
+    // Bob's module call under alice's id must not be remembered for alice.
+    warm(&mut alice, "tenantA");
+    let unblocked = run(&mut alice, &["PROBE.BLOCK"]).expect("PROBE.BLOCK");
+    assert!(word(&unblocked, "unblocked"), "{unblocked:?}");
+    let called = run(&mut bob, &["PROBE.CALL", "NSCACHE.GET", "tenantA", KEY]).expect("PROBE.CALL");
+    assert!(
+        matches!(&called, Value::BulkString(b) if b.starts_with(b"-NOPERM")),
+        "bob's module call must be refused tenantA: {called:?}"
+    );
+    assert_get_allowed(&mut alice, "tenantA", "alice after bob's module call");
+    assert_get_refused(&mut alice, "tenantB", "alice after bob's module call");
+
+    // A timer's call as bob, under alice's id, must not get alice's user.
+    for _ in 0..3 {
+        run(&mut alice, &["PROBE.BLOCK"]).expect("PROBE.BLOCK");
+    }
+    run(
+        &mut bob,
+        &["PROBE.LATER", "300", "b", "NSCACHE.GET", "tenantA", KEY],
+    )
+    .expect("PROBE.LATER");
+    warm(&mut alice, "tenantA");
+    let later = probe_result(&mut admin);
+    assert!(
+        later.starts_with("-NOPERM"),
+        "a timer's call as bob must be refused tenantA, got {later:?}"
+    );
+
+    // A call with no user at all, under alice's id: unrestricted, no crash.
+    run(&mut alice, &["PROBE.BLOCK"]).expect("PROBE.BLOCK");
+    run(
+        &mut admin,
+        &["PROBE.LATER", "0", "-", "NSCACHE.GET", "tenantA", KEY],
+    )
+    .expect("PROBE.LATER");
+    let userless = probe_result(&mut admin);
+    assert_eq!(
+        userless, "$1\r\na\r\n",
+        "a module call without a user reads freely"
+    );
+    assert_get_allowed(&mut alice, "tenantA", "alice at the end");
+    assert_server_alive(&server, &mut admin);
+}
