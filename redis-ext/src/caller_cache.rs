@@ -369,7 +369,7 @@ mod tests {
             b"nscache.",
             b"nscache",
             b"nscachexget",
-            b"nscache.auth",
+            b"nscache.other_module_auth",
             b"nscache|no-such-command",
             b"mymodule.auth",
             b"getxxxxxx",
