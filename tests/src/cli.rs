@@ -203,3 +203,21 @@ pub fn wait_for_group(db: &crate::TestDb, group: &str) {
         },
     );
 }
+
+/// Starts `cachetx relay` with `env`, polling every 200 ms and backing off at most
+/// 300 ms (so a test sees retries within seconds), and waits until its consumer
+/// group `relay` exists in `db`.
+pub fn start_fast_relay(env: &[(&str, String)], db: &crate::TestDb) -> CliProcess {
+    let relay = CliProcess::start(
+        &[
+            "relay",
+            "--poll-interval-ms",
+            "200",
+            "--max-backoff-ms",
+            "300",
+        ],
+        env,
+    );
+    wait_for_group(db, "relay");
+    relay
+}

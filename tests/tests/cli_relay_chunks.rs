@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cachetx_tests::cli::{server_env, wait_for_group, CliProcess};
+use cachetx_tests::cli::{server_env, start_fast_relay};
 use cachetx_tests::nscache::{fill, get};
 use cachetx_tests::{pg, wait_until, RedisServer};
 
@@ -16,17 +16,7 @@ fn a_repeated_key_after_a_full_command_sends_no_empty_del() {
     let db = pg().create_db("cli_relay_chunks");
     let mut conn = server.conn();
     fill(&mut conn, "cand", 1000, 3600, "v");
-    let mut relay = CliProcess::start(
-        &[
-            "relay",
-            "--poll-interval-ms",
-            "200",
-            "--max-backoff-ms",
-            "300",
-        ],
-        &server_env(server.port(), &db),
-    );
-    wait_for_group(&db, "relay");
+    let mut relay = start_fast_relay(&server_env(server.port(), &db), &db);
     // One transaction: both events land in one batch. Keys key0..key999 fill the first
     // command; the last event only repeats key5.
     db.connect()

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cachetx_tests::cli::{server_env, wait_for_group, CliProcess};
+use cachetx_tests::cli::{server_env, start_fast_relay};
 use cachetx_tests::nscache::{get, set, stats};
 use cachetx_tests::{pg, wait_until, RedisCluster};
 
@@ -35,17 +35,7 @@ fn hash_tagged_and_wrapped_keys_reach_the_node_of_their_slot() {
     );
     let mut env = server_env(cluster.nodes[0].port(), &db);
     env.push(("REDIS_CLUSTER", "1".to_string()));
-    let mut relay = CliProcess::start(
-        &[
-            "relay",
-            "--poll-interval-ms",
-            "200",
-            "--max-backoff-ms",
-            "300",
-        ],
-        &env,
-    );
-    wait_for_group(&db, "relay");
+    let mut relay = start_fast_relay(&env, &db);
     let list = keys
         .iter()
         .map(|k| format!("'{k}'"))

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cachetx_tests::cli::{server_env, wait_for_group, CliProcess};
+use cachetx_tests::cli::{server_env, start_fast_relay};
 use cachetx_tests::nscache::{get, set};
 use cachetx_tests::{pg, wait_until, RedisServer};
 
@@ -23,17 +23,7 @@ fn a_missing_password_holds_invalidations_until_it_is_fixed() {
         .arg("pw")
         .query(&mut conn)
         .expect("CONFIG SET requirepass");
-    let mut relay = CliProcess::start(
-        &[
-            "relay",
-            "--poll-interval-ms",
-            "200",
-            "--max-backoff-ms",
-            "300",
-        ],
-        &server_env(server.port(), &db),
-    );
-    wait_for_group(&db, "relay");
+    let mut relay = start_fast_relay(&server_env(server.port(), &db), &db);
     db.connect()
         .batch_execute("BEGIN; SELECT txevents.invalidate('cand', '1'); COMMIT")
         .expect("commit the invalidation");

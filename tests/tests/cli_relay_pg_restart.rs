@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cachetx_tests::cli::{server_env, wait_for_group, CliProcess};
+use cachetx_tests::cli::{server_env, start_fast_relay};
 use cachetx_tests::nscache::{get, set};
 use cachetx_tests::{pg, wait_until, RedisServer};
 
@@ -18,17 +18,7 @@ fn relay_reconnects_after_a_postgres_restart_and_loses_nothing() {
         set(&mut conn, "cand", &format!("k{i}"), 300, "v");
     }
     let env = server_env(server.port(), &db);
-    let mut relay = CliProcess::start(
-        &[
-            "relay",
-            "--poll-interval-ms",
-            "200",
-            "--max-backoff-ms",
-            "300",
-        ],
-        &env,
-    );
-    wait_for_group(&db, "relay");
+    let mut relay = start_fast_relay(&env, &db);
     let mut client = db.connect();
     client
         .batch_execute("SELECT txevents.invalidate('cand', 'k0')")

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use cachetx_tests::cli::{server_env, wait_for_group, CliProcess};
+use cachetx_tests::cli::{server_env, start_fast_relay};
 use cachetx_tests::nscache::{get, set};
 use cachetx_tests::{pg, wait_until, RedisServer};
 
@@ -22,17 +22,7 @@ fn a_stalled_redis_does_not_dead_letter_invalidations() {
     db.connect()
         .batch_execute("SELECT txevents.create_consumer('relay', ARRAY['cache.invalidate'], 2)")
         .expect("create the group");
-    let mut relay = CliProcess::start(
-        &[
-            "relay",
-            "--poll-interval-ms",
-            "200",
-            "--max-backoff-ms",
-            "300",
-        ],
-        &server_env(server.port(), &db),
-    );
-    wait_for_group(&db, "relay");
+    let mut relay = start_fast_relay(&server_env(server.port(), &db), &db);
 
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
